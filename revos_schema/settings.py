@@ -1,0 +1,112 @@
+"""Django settings for revos-schema, read from the environment with django-environ.
+
+Environment:
+- DATABASE_URL: the app's own database (submissions, users, events). Required; `make run` and
+  `make test` point it at the embedded PostgreSQL when it is not set.
+- TARGET_DATABASE_URL: the database where schemas are applied (defaults to DATABASE_URL).
+- WF106_TARGET_SCHEMA: the PostgreSQL schema inside the target that tables are created in.
+- WF106_LOCK_TIMEOUT_MS / WF106_STATEMENT_TIMEOUT_MS: timeouts of one apply transaction.
+- SECRET_KEY, DEBUG, ALLOWED_HOSTS.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import environ
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.Env()
+
+DEBUG = env.bool("DEBUG", default=False)
+
+# A development-only key: usable only with DEBUG on. With DEBUG off the app refuses to start
+# unless SECRET_KEY comes from the environment.
+_DEV_SECRET_KEY = "dev-only-insecure-key-never-use-in-production"  # noqa: S105
+SECRET_KEY = env.str("SECRET_KEY", default="")
+if not SECRET_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured(
+            "SECRET_KEY must be set in the environment when DEBUG is off "
+            "(for local work set DEBUG=1, as `make run` does)."
+        )
+    SECRET_KEY = _DEV_SECRET_KEY
+
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost"] if DEBUG else [])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "drf_spectacular",
+    "revos_schema",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "revos_schema.urls"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+WSGI_APPLICATION = "revos_schema.wsgi.application"
+
+DATABASES = {
+    "default": env.db_url("DATABASE_URL", default="postgres://postgres@127.0.0.1:5432/postgres")
+}
+_target_url = env.str("TARGET_DATABASE_URL", default="")
+if _target_url:
+    DATABASES["target"] = env.db_url_config(_target_url)
+else:
+    # Same server and database as the app: the test runner must not create it twice.
+    DATABASES["target"] = {**DATABASES["default"], "TEST": {"MIRROR": "default"}}
+DATABASE_ROUTERS = ["revos_schema.routers.TargetRouter"]
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+
+# The builder (builder/) reads these through revos_schema.services.builder_settings().
+WF106_TARGET_SCHEMA = env.str("WF106_TARGET_SCHEMA", default="public")
+WF106_LOCK_TIMEOUT_MS = env.int("WF106_LOCK_TIMEOUT_MS", default=5_000)
+WF106_STATEMENT_TIMEOUT_MS = env.int("WF106_STATEMENT_TIMEOUT_MS", default=120_000)

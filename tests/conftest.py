@@ -1,0 +1,53 @@
+"""Shared fixtures: a real PostgreSQL target for every database test (never a mock, never SQLite).
+
+pytest-django creates the test database; builder tests talk to it with plain psycopg inside a
+schema of their own (`target_schema`), dropped afterwards, so tests never see each other's tables.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from psycopg import sql
+
+
+def _conninfo(alias: str = "target") -> str:
+    from django.db import connections
+
+    s = connections[alias].settings_dict
+    params = {
+        "dbname": s["NAME"],
+        "user": s.get("USER") or "",
+        "password": s.get("PASSWORD") or "",
+        "host": s.get("HOST") or "",
+        "port": str(s.get("PORT") or ""),
+    }
+    return psycopg.conninfo.make_conninfo(**{k: v for k, v in params.items() if v})
+
+
+@pytest.fixture
+def target_dsn(django_db_setup: None, django_db_blocker: pytest.FixtureRequest) -> Iterator[str]:
+    """Return the conninfo of the (test) target database."""
+    with django_db_blocker.unblock():  # type: ignore[attr-defined]
+        yield _conninfo()
+
+
+@pytest.fixture
+def target_schema(target_dsn: str) -> Iterator[str]:
+    """Create a fresh PostgreSQL schema for one test and drop it afterwards."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(target_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(name)))
+    yield name
+    with psycopg.connect(target_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def target_conn(target_dsn: str) -> Iterator[psycopg.Connection]:
+    """An autocommit psycopg connection to the target database."""
+    with psycopg.connect(target_dsn, autocommit=True) as conn:
+        yield conn
