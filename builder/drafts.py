@@ -1,0 +1,237 @@
+"""Drafts of a schema while it is normalized, and the checks that span tables.
+
+`normalize` reads caller JSON into these mutable drafts (a name or type that failed validation
+is None), then runs the checks here, which need the whole schema: duplicate table names,
+references between tables, and the one relation namespace per PostgreSQL schema. Only a schema
+without issues is frozen into `spec` dataclasses with `build_table`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from builder import names
+from builder.fields import IssueLog, shown
+from builder.spec import Column, ForeignKey, Index, Table
+from builder.sqltypes import SqlType
+
+
+@dataclass
+class ColumnDraft:
+    """A column: `label` is the caller's original name, `path` where it came from."""
+
+    name: str
+    label: str
+    path: str
+    type: SqlType | None
+    not_null: bool = False
+    default: str | None = None
+    unique: bool = False
+    primary_key: bool = False
+    references: ReferenceDraft | None = None
+
+
+@dataclass
+class ReferenceDraft:
+    """A `references` object; `table`/`column` are None when their names were invalid."""
+
+    table: str | None
+    column: str | None
+    on_delete: str
+    path: str
+
+
+@dataclass
+class IndexDraft:
+    """An index; `name` is None until a generated name is assigned."""
+
+    name: str | None
+    columns: tuple[str, ...]
+    unique: bool
+    path: str
+
+
+@dataclass
+class TableDraft:
+    """A table; `name` is None when the caller's name was invalid."""
+
+    name: str | None
+    label: str
+    path: str
+    tenant_scoped: bool
+    columns: list[ColumnDraft] = field(default_factory=list)
+    indexes: list[IndexDraft] = field(default_factory=list)
+
+    def column(self, name: str) -> ColumnDraft | None:
+        """Return the column called `name`, or None."""
+        return next((c for c in self.columns if c.name == name), None)
+
+
+def unique_tables(tables: list[TableDraft], log: IssueLog) -> list[TableDraft]:
+    """Return the tables with usable names, logging `duplicate_name` for later duplicates."""
+    first: dict[str, TableDraft] = {}
+    for table in tables:
+        if table.name is None:
+            continue
+        earlier = first.setdefault(table.name, table)
+        if earlier is not table:
+            log.add(
+                f"{table.path}.name",
+                "duplicate_name",
+                f"table {shown(table.label)} becomes {table.name!r}, the name of the earlier "
+                f"table {shown(earlier.label)}",
+            )
+    return list(first.values())
+
+
+def check_references(sources: list[TableDraft], tables: list[TableDraft], log: IssueLog) -> None:
+    """Check that every `references` in `sources` points at a unique column of `tables`.
+
+    `sources` are all tables read (even those whose own name is invalid or a duplicate);
+    `tables` are the ones that can be referenced.
+    """
+    by_name = {t.name: t for t in tables}
+    for table in sources:
+        for column in table.columns:
+            ref = column.references
+            if ref is None or ref.table is None or ref.column is None:
+                continue
+            target = by_name.get(ref.table)
+            if target is None:
+                log.add(
+                    f"{ref.path}.table", "unknown_reference", f"there is no table {ref.table!r}"
+                )
+                continue
+            _check_referenced_column(column, ref, target, log)
+
+
+def _check_referenced_column(
+    column: ColumnDraft, ref: ReferenceDraft, target: TableDraft, log: IssueLog
+) -> None:
+    """Check the column that `ref` points at, and that `column` can reference it."""
+    assert ref.column is not None
+    referenced = target.column(ref.column)
+    where = f"{ref.path}.column"
+    if referenced is None:
+        log.add(where, "unknown_reference", f"table {target.name!r} has no column {ref.column!r}")
+        return
+    if not (referenced.primary_key or referenced.unique or _has_unique_index(target, ref.column)):
+        log.add(
+            where,
+            "invalid_value",
+            f"{target.name}.{ref.column} is neither the primary key nor unique, so it cannot be "
+            "referenced (add unique: true or a unique index on it)",
+        )
+    if column.type is not None and referenced.type is not None and column.type != referenced.type:
+        log.add(
+            ref.path,
+            "invalid_value",
+            f"column type {column.type.canonical} does not match the type "
+            f"{referenced.type.canonical} of {target.name}.{ref.column}",
+        )
+    if ref.on_delete == "SET NULL" and column.not_null:
+        message = "on_delete SET NULL needs a column that allows NULL (not_null is set)"
+        log.add(f"{ref.path}.on_delete", "invalid_value", message)
+
+
+def _has_unique_index(table: TableDraft, column: str) -> bool:
+    return any(index.unique and index.columns == (column,) for index in table.indexes)
+
+
+def assign_relation_names(tables: list[TableDraft], log: IssueLog) -> None:
+    """Check that relation names do not collide; give generated indexes free names.
+
+    Names the caller chose (tables, named indexes) and constraint index names are claimed first
+    and a collision among them is an issue; generated index names are then picked around them.
+    """
+    taken: dict[str, str] = {}
+    for table in tables:
+        assert table.name is not None
+        _claim(taken, table.name, f"table {table.name!r}", f"{table.path}.name", log)
+    for owner, name, path in _constraint_indexes(tables):
+        _claim(taken, name, owner, path, log)
+    for table in tables:
+        for index in table.indexes:
+            if index.name is not None:
+                owner = f"index {index.name!r} of table {table.name!r}"
+                _claim(taken, index.name, owner, f"{index.path}.name", log)
+    for table in tables:
+        assert table.name is not None
+        for index in table.indexes:
+            if index.name is None:
+                index.name = free_index_name(table.name, index.columns, taken)
+                taken[index.name] = f"the generated index {index.name!r}"
+
+
+def _constraint_indexes(tables: Iterable[TableDraft]) -> Iterable[tuple[str, str, str]]:
+    """Yield (owner, name, path) for the index behind every PK and UNIQUE constraint."""
+    for table in tables:
+        assert table.name is not None
+        owner = f"the primary key index of table {table.name!r}"
+        yield owner, names.primary_key_name(table.name), f"{table.path}.name"
+        for column in table.columns:
+            if column.unique and not column.primary_key:
+                owner = f"the unique constraint on {table.name}.{column.name}"
+                name = names.unique_constraint_name(table.name, column.name)
+                yield owner, name, f"{column.path}.unique"
+
+
+def _claim(taken: dict[str, str], name: str, owner: str, path: str, log: IssueLog) -> None:
+    """Claim `name` for `owner`, or log `duplicate_name` if it is already taken."""
+    holder = taken.get(name)
+    if holder is None:
+        taken[name] = owner
+    else:
+        log.add(
+            path,
+            "duplicate_name",
+            f"{owner} would be named {name!r}, which is already used by {holder} (tables, "
+            "indexes and constraint indexes share one namespace)",
+        )
+
+
+def free_index_name(table: str, columns: tuple[str, ...], taken: dict[str, str]) -> str:
+    """Return `names.index_name(table, columns)`, or a hash-suffixed variant if that is taken.
+
+    The suffix is a hash of the table and the exact column list (`["a_b"]` and `["a", "b"]`
+    hash differently) plus an attempt counter, so the result is deterministic for a schema.
+    """
+    base = names.index_name(table, columns)
+    attempt = 0
+    candidate = base
+    while candidate in taken:
+        attempt += 1
+        key = "\x00".join((table, *columns, str(attempt)))
+        digest = hashlib.sha256(key.encode()).hexdigest()[:8]
+        candidate = f"{base[: names.MAX_IDENTIFIER_BYTES - 9]}_{digest}"
+    return candidate
+
+
+def build_table(table: TableDraft) -> Table:
+    """Freeze a checked draft into a `Table`."""
+    assert table.name is not None
+    return Table(
+        name=table.name,
+        columns=tuple(_build_column(c) for c in table.columns),
+        indexes=tuple(Index(i.name or "", i.columns, i.unique) for i in table.indexes),
+        tenant_scoped=table.tenant_scoped,
+    )
+
+
+def _build_column(column: ColumnDraft) -> Column:
+    """Freeze a checked column draft into a `Column`."""
+    assert column.type is not None
+    ref = column.references
+    return Column(
+        name=column.name,
+        type=column.type.canonical,
+        not_null=column.not_null,
+        default=column.default,
+        unique=column.unique,
+        primary_key=column.primary_key,
+        references=None
+        if ref is None
+        else ForeignKey(ref.table or "", ref.column or "id", ref.on_delete),
+    )
