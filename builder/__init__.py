@@ -1,0 +1,4 @@
+"""The WF106 schema builder: declarative tables in, safe multi-tenant PostgreSQL DDL out.
+
+Plain Python (no Django). Entry point: `builder.service.run_schema_builder`.
+"""

@@ -1,0 +1,241 @@
+"""Apply a rendered migration to the target database, recording every attempt in the ledger.
+
+One apply is:
+1. `ensure_ledger` in its own short transaction (under the target's advisory lock, so two first
+   applies cannot race on `CREATE TABLE IF NOT EXISTS`).
+2. One transaction: the advisory lock of the target schema (so two identical requests cannot both
+   apply), `lock_timeout` and `statement_timeout` set locally, the ledger lookup (noop / conflict),
+   the DDL script and the `success` ledger row. Either all of it commits or none of it does.
+3. On an execution error: that transaction is rolled back (the target is exactly as before) and a
+   `failed` row with the error is recorded in a transaction of its own.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg.pq import TransactionStatus
+
+from builder import ledger
+from builder.spec import Schema
+
+APPLIED = "applied"
+NOOP = "noop"
+CONFLICT = "conflict"
+FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class ApplySettings:
+    """Where and how carefully to apply.
+
+    The timeouts fit a busy production database: DDL that cannot get its lock within
+    `lock_timeout_ms` fails instead of queueing every other query behind it.
+    `lock_wait_ms` bounds the wait for another apply of the same target to finish.
+    """
+
+    target_schema: str = "public"
+    lock_timeout_ms: int = 5_000
+    statement_timeout_ms: int = 120_000
+    lock_wait_ms: int = 60_000
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One request to apply `script` for `schema`."""
+
+    schema: Schema
+    script: str
+    checksum: str
+    schema_hash: str
+    idempotency_key: str
+    tenant_id: str | None = None
+    actor_id: str | None = None
+    workflow_run_id: str | None = None
+    force: bool = False
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    """What happened. `ledger_id` is the row written (applied/failed) or found (noop/conflict)."""
+
+    status: str
+    ledger_id: str | None = None
+    applied_at: datetime | None = None
+    applied_schema_hash: str | None = None
+    tables_created: tuple[str, ...] = ()
+    indexes_created: tuple[str, ...] = ()
+    existing_tables: tuple[str, ...] = ()
+    error: str | None = None
+    db_ms: int = 0
+    reapplied: bool = False
+
+
+def advisory_lock_key(target_schema: str) -> str:
+    """Return the text hashed into the advisory lock of one target schema."""
+    return f"wf106:{target_schema}"
+
+
+def apply_attempt(
+    conn: psycopg.Connection[Any], attempt: Attempt, settings: ApplySettings
+) -> ApplyResult:
+    """Apply `attempt` on `conn` (autocommit, idle) and record it; never raise for DB errors."""
+    if conn.info.transaction_status != TransactionStatus.IDLE:
+        raise ValueError("apply_attempt needs an idle connection (no transaction in progress)")
+    started = time.monotonic()
+    try:
+        with conn.transaction():
+            _lock_target(conn, settings)
+            ledger.ensure_ledger(conn, settings.target_schema)
+        result = _apply_in_transaction(conn, attempt, settings)
+    except psycopg.Error as exc:
+        error = describe_error(exc)
+        ledger_id, applied_at = _record_failure(conn, attempt, settings, error, started)
+        return ApplyResult(
+            status=FAILED,
+            ledger_id=ledger_id,
+            applied_at=applied_at,
+            error=error,
+            db_ms=_elapsed_ms(started),
+        )
+    return replace(result, db_ms=_elapsed_ms(started))
+
+
+def _apply_in_transaction(
+    conn: psycopg.Connection[Any], attempt: Attempt, settings: ApplySettings
+) -> ApplyResult:
+    target = settings.target_schema
+    with conn.transaction():
+        _lock_target(conn, settings)
+        _set_local(conn, "lock_timeout", f"{settings.lock_timeout_ms}ms")
+        _set_local(conn, "statement_timeout", f"{settings.statement_timeout_ms}ms")
+        existing = ledger.find_applied(conn, target, attempt.schema.version)
+        if existing is not None and existing.schema_hash != attempt.schema_hash:
+            return ApplyResult(
+                status=CONFLICT,
+                ledger_id=existing.id,
+                applied_at=existing.applied_at,
+                applied_schema_hash=existing.schema_hash,
+            )
+        if existing is not None and not attempt.force:
+            return ApplyResult(
+                status=NOOP,
+                ledger_id=existing.id,
+                applied_at=existing.applied_at,
+                applied_schema_hash=existing.schema_hash,
+            )
+        before = _existing_relations(conn, target)
+        executed_at = time.monotonic()
+        conn.execute(attempt.script.encode())
+        execution_ms = _elapsed_ms(executed_at)
+        status = ledger.STATUS_REAPPLIED if existing is not None else ledger.STATUS_SUCCESS
+        tables = tuple(t.name for t in attempt.schema.tables if t.name not in before)
+        indexes = tuple(
+            i.name for t in attempt.schema.tables for i in t.indexes if i.name not in before
+        )
+        row = _ledger_row(attempt, status, execution_ms=execution_ms)
+        metadata = {
+            **row.metadata,
+            "tables_created": list(tables),
+            "indexes_created": list(indexes),
+        }
+        row = replace(row, metadata=metadata)
+        ledger_id, applied_at = ledger.insert_row(conn, target, row)
+    return ApplyResult(
+        status=APPLIED,
+        ledger_id=ledger_id,
+        applied_at=applied_at,
+        applied_schema_hash=attempt.schema_hash,
+        tables_created=tables,
+        indexes_created=indexes,
+        existing_tables=tuple(t.name for t in attempt.schema.tables if t.name in before),
+        reapplied=existing is not None,
+    )
+
+
+def _lock_target(conn: psycopg.Connection[Any], settings: ApplySettings) -> None:
+    """Take the transaction-level advisory lock of the target schema, waiting a bounded time."""
+    _set_local(conn, "lock_timeout", f"{settings.lock_wait_ms}ms")
+    conn.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
+        [advisory_lock_key(settings.target_schema)],
+    )
+
+
+def _set_local(conn: psycopg.Connection[Any], name: str, value: str) -> None:
+    """Set a configuration parameter for the current transaction only (SET LOCAL)."""
+    conn.execute("SELECT set_config(%s, %s, true)", [name, value])
+
+
+def _existing_relations(conn: psycopg.Connection[Any], target_schema: str) -> set[str]:
+    """Return the names of the tables and indexes that exist now in the target schema."""
+    rows = conn.execute(
+        "SELECT c.relname FROM pg_catalog.pg_class c "
+        "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s AND c.relkind IN ('r', 'p', 'i', 'I')",
+        [target_schema],
+    ).fetchall()
+    return {r[0] for r in rows}
+
+
+def _record_failure(
+    conn: psycopg.Connection[Any],
+    attempt: Attempt,
+    settings: ApplySettings,
+    error: str,
+    started: float,
+) -> tuple[str | None, datetime | None]:
+    """Record a `failed` row in its own transaction; return (None, None) if even that fails."""
+    if conn.closed or conn.broken:
+        return None, None
+    row = _ledger_row(attempt, ledger.STATUS_FAILED, execution_ms=_elapsed_ms(started))
+    row = replace(row, error_message=error)
+    try:
+        with conn.transaction():
+            ledger.ensure_ledger(conn, settings.target_schema)
+            return ledger.insert_row(conn, settings.target_schema, row)
+    except psycopg.Error:
+        return None, None
+
+
+def _ledger_row(attempt: Attempt, status: str, *, execution_ms: int) -> ledger.NewLedgerRow:
+    schema = attempt.schema
+    return ledger.NewLedgerRow(
+        version=schema.version,
+        description=schema.description,
+        applied_by=attempt.actor_id,
+        checksum=attempt.checksum,
+        status=status,
+        sql_script=attempt.script,
+        schema_hash=attempt.schema_hash,
+        idempotency_key=attempt.idempotency_key,
+        tenant_id=attempt.tenant_id,
+        workflow_run_id=attempt.workflow_run_id,
+        metadata={
+            "table_count": len(schema.tables),
+            "tables": [t.name for t in schema.tables],
+            "indexes": [i.name for t in schema.tables for i in t.indexes],
+            "workflow_run_id": attempt.workflow_run_id,
+            "force_apply": attempt.force,
+        },
+        execution_ms=execution_ms,
+    )
+
+
+def describe_error(exc: psycopg.Error) -> str:
+    """Return a one-paragraph description of a database error: SQLSTATE, message, detail."""
+    diag = exc.diag
+    parts = [f"{exc.sqlstate or 'error'}: {diag.message_primary or str(exc).strip()}"]
+    if diag.message_detail:
+        parts.append(f"DETAIL: {diag.message_detail}")
+    if diag.context:
+        parts.append(f"CONTEXT: {diag.context.strip()}")
+    return "\n".join(parts)
+
+
+def _elapsed_ms(since: float) -> int:
+    return round((time.monotonic() - since) * 1000)

@@ -1,0 +1,372 @@
+"""The builder service: input envelope in, output envelope out.
+
+`run_schema_builder` is the one entry point that the webhook, the admin and the management
+commands call. It validates and normalizes, renders and parser-checks the SQL, and (unless
+`dry_run`) applies it through `builder.apply`, which records every attempt in the ledger.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+
+from builder import apply as applying
+from builder.contract import (
+    HTTP_STATUS,
+    Envelope,
+    idempotency_key,
+    output_envelope,
+    parse_envelope,
+)
+from builder.ddl import Migration, render_migration
+from builder.errors import SchemaValidationError, UnsafeSQLError, ValidationIssue
+from builder.ledger import LEDGER_TABLE
+from builder.normalize import normalize_schema, schema_hash
+from builder.spec import Schema
+from builder.sqlcheck import check_statements
+
+logger = logging.getLogger(__name__)
+
+EventSink = Callable[[dict[str, Any]], None]
+RESERVED_TABLE_NAMES = frozenset({LEDGER_TABLE})
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The result of one request: the output envelope plus what the caller layers store."""
+
+    status: str
+    http_status: int
+    response: dict[str, Any]
+    envelope: Envelope
+    schema: Schema | None = None
+    schema_hash: str | None = None
+    idempotency_key: str | None = None
+    migration: Migration | None = None
+    validation_errors: list[dict[str, str]] = field(default_factory=list)
+    migration_log_id: str | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A validated request with its normalized schema and parser-checked SQL."""
+
+    envelope: Envelope
+    schema: Schema
+    schema_hash: str
+    idempotency_key: str
+    migration: Migration
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A request that failed validation, with every issue found."""
+
+    envelope: Envelope
+    issues: list[ValidationIssue]
+
+
+def prepare(raw: object, *, target_schema: str = "public") -> Prepared | Rejected:
+    """Validate `raw` and render its SQL, or return every validation issue."""
+    envelope = parse_envelope(raw)
+    issues = list(envelope.issues)
+    schema: Schema | None = None
+    if envelope.payload is not None:
+        try:
+            schema = normalize_schema(envelope.payload)
+        except SchemaValidationError as exc:
+            issues.extend(exc.issues)
+    if schema is not None:
+        issues.extend(_reserved_name_issues(schema))
+    if issues or schema is None:
+        return Rejected(envelope=envelope, issues=issues)
+    digest = schema_hash(schema)
+    migration = render_migration(schema, target_schema=target_schema)
+    check_statements(migration.statements)
+    return Prepared(
+        envelope=envelope,
+        schema=schema,
+        schema_hash=digest,
+        idempotency_key=idempotency_key(envelope.tenant_id, schema.version, digest),
+        migration=migration,
+    )
+
+
+def _reserved_name_issues(schema: Schema) -> list[ValidationIssue]:
+    return [
+        ValidationIssue(
+            path=f"payload.tables[{index}].name",
+            code="reserved_name",
+            message=f"The table name {table.name!r} is reserved for the migration ledger.",
+        )
+        for index, table in enumerate(schema.tables)
+        if table.name in RESERVED_TABLE_NAMES
+    ]
+
+
+def run_schema_builder(
+    raw: object,
+    conn: psycopg.Connection[Any] | None,
+    *,
+    settings: applying.ApplySettings | None = None,
+    emit: EventSink | None = None,
+) -> Outcome:
+    """Handle one request envelope end to end and return its Outcome.
+
+    `conn` is an autocommit connection to the target database; it may be None only for a
+    request that turns out to be blocked or a `dry_run` preview, which never touch the target.
+    """
+    settings = settings or applying.ApplySettings()
+    started = time.monotonic()
+    try:
+        prepared = prepare(raw, target_schema=settings.target_schema)
+    except UnsafeSQLError as exc:
+        # A generated statement failed the parser check: a builder bug; nothing was run.
+        logger.exception("generated SQL failed the parser check")
+        return _unsafe_sql(parse_envelope(raw), str(exc), started)
+    if isinstance(prepared, Rejected):
+        return _blocked(prepared.envelope, prepared.issues, started)
+    if prepared.envelope.dry_run:
+        return _preview(prepared, started)
+    if conn is None:
+        raise ValueError("a connection to the target database is needed to apply")
+    result = applying.apply_attempt(conn, _attempt(prepared), settings)
+    warnings = _warnings(result)
+    if result.status == applying.APPLIED and emit is not None:
+        warnings.extend(_emit_applied(emit, prepared, result))
+    return _finished(prepared, result, warnings, started)
+
+
+def _attempt(prepared: Prepared) -> applying.Attempt:
+    envelope = prepared.envelope
+    return applying.Attempt(
+        schema=prepared.schema,
+        script=prepared.migration.script,
+        checksum=prepared.migration.checksum,
+        schema_hash=prepared.schema_hash,
+        idempotency_key=prepared.idempotency_key,
+        tenant_id=envelope.tenant_id,
+        actor_id=envelope.actor_id,
+        workflow_run_id=envelope.workflow_run_id,
+        force=envelope.force_apply,
+    )
+
+
+def _blocked(envelope: Envelope, issues: list[ValidationIssue], started: float) -> Outcome:
+    errors = [i.to_dict() for i in issues]
+    response = output_envelope(
+        envelope,
+        status="blocked",
+        summary=f"Validation failed: {len(errors)} error(s); nothing was executed.",
+        latency_ms=_elapsed_ms(started),
+        primary_outputs={"schema_version": _raw_version(envelope), "warnings": []},
+        result_extra={"validation_errors": errors},
+    )
+    return Outcome(
+        status="blocked",
+        http_status=HTTP_STATUS["blocked"],
+        response=response,
+        envelope=envelope,
+        validation_errors=errors,
+    )
+
+
+def _unsafe_sql(envelope: Envelope, error: str, started: float) -> Outcome:
+    response = output_envelope(
+        envelope,
+        status="failed",
+        summary="Internal error: the generated SQL failed the parser check; nothing was executed.",
+        latency_ms=_elapsed_ms(started),
+        primary_outputs={"schema_version": _raw_version(envelope), "warnings": []},
+    )
+    return Outcome(
+        status="failed",
+        http_status=HTTP_STATUS["failed"],
+        response=response,
+        envelope=envelope,
+        error=error,
+    )
+
+
+def _preview(prepared: Prepared, started: float) -> Outcome:
+    schema, migration = prepared.schema, prepared.migration
+    primary = {
+        **_counts(prepared),
+        "schema_hash": prepared.schema_hash,
+        "idempotency_key": prepared.idempotency_key,
+        "checksum": migration.checksum,
+        "statement_count": len(migration.statements),
+        "sql": migration.script,
+        "plan": [
+            {
+                "table": t.name,
+                "action": "create_table_if_not_exists",
+                "columns": [c.name for c in t.columns],
+                "indexes": [i.name for i in t.indexes],
+                "tenant_scoped": t.tenant_scoped,
+            }
+            for t in schema.tables
+        ],
+        "warnings": [],
+    }
+    response = output_envelope(
+        prepared.envelope,
+        status="preview",
+        summary=(
+            f"Preview of schema v{schema.version}: {len(schema.tables)} tables, "
+            f"{len(migration.statements)} statements; nothing was executed."
+        ),
+        latency_ms=_elapsed_ms(started),
+        primary_outputs=primary,
+    )
+    return _outcome(prepared, "preview", response)
+
+
+def _finished(
+    prepared: Prepared, result: applying.ApplyResult, warnings: list[str], started: float
+) -> Outcome:
+    version = prepared.schema.version
+    primary: dict[str, Any] = {
+        **_counts(prepared),
+        "migration_log_id": result.ledger_id,
+        "schema_hash": prepared.schema_hash,
+        "idempotency_key": prepared.idempotency_key,
+        "warnings": warnings,
+    }
+    extra: dict[str, Any] = {}
+    applied_at = _iso(result.applied_at)
+    if result.status == applying.APPLIED:
+        primary["tables_created"] = len(result.tables_created)
+        primary["indexes_created"] = len(result.indexes_created)
+        primary["reapplied"] = result.reapplied
+        verb = "Re-applied" if result.reapplied else "Applied"
+        summary = (
+            f"{verb} schema v{version}: {len(prepared.schema.tables)} tables "
+            f"({len(result.tables_created)} created)."
+        )
+    elif result.status == applying.NOOP:
+        extra["already_applied_at"] = applied_at
+        summary = (
+            f"Schema v{version} with this exact definition was already applied at {applied_at}."
+        )
+    elif result.status == applying.CONFLICT:
+        extra["conflict"] = {
+            "applied_schema_hash": result.applied_schema_hash,
+            "requested_schema_hash": prepared.schema_hash,
+            "applied_at": applied_at,
+            "migration_log_id": result.ledger_id,
+        }
+        summary = (
+            f"Schema v{version} was already applied with a different definition; "
+            "use a new schema_version for changes."
+        )
+    else:
+        extra["error"] = result.error
+        summary = f"Applying schema v{version} failed and was rolled back."
+    if result.status in (applying.NOOP, applying.CONFLICT):
+        primary["tables_created"] = 0
+        primary["indexes_created"] = 0
+    written = []
+    if result.status in (applying.APPLIED, applying.FAILED) and result.ledger_id is not None:
+        written.append(
+            {"table": LEDGER_TABLE, "record_id": result.ledger_id, "status": _ledger_status(result)}
+        )
+    response = output_envelope(
+        prepared.envelope,
+        status=result.status,
+        summary=summary,
+        latency_ms=_elapsed_ms(started),
+        primary_outputs=primary,
+        result_extra=extra,
+        data_written=written,
+        external_calls=[{"service": "postgresql", "latency_ms": result.db_ms}],
+    )
+    return _outcome(
+        prepared, result.status, response, migration_log_id=result.ledger_id, error=result.error
+    )
+
+
+def _outcome(prepared: Prepared, status: str, response: dict[str, Any], **extra: Any) -> Outcome:
+    return Outcome(
+        status=status,
+        http_status=HTTP_STATUS[status],
+        response=response,
+        envelope=prepared.envelope,
+        schema=prepared.schema,
+        schema_hash=prepared.schema_hash,
+        idempotency_key=prepared.idempotency_key,
+        migration=prepared.migration,
+        **extra,
+    )
+
+
+def _counts(prepared: Prepared) -> dict[str, Any]:
+    tables = prepared.schema.tables
+    return {
+        "schema_version": prepared.schema.version,
+        "table_count": len(tables),
+        "index_count": sum(len(t.indexes) for t in tables),
+        "tables_created": 0,
+        "indexes_created": 0,
+    }
+
+
+def _warnings(result: applying.ApplyResult) -> list[str]:
+    # CREATE TABLE IF NOT EXISTS leaves an existing table as it is; until the catalog diff is
+    # built, say so instead of letting the caller believe the columns were changed.
+    return [
+        f"Table {name!r} already existed; its columns were left unchanged "
+        "(comparing existing tables with the schema is not built yet)."
+        for name in result.existing_tables
+    ]
+
+
+def _emit_applied(emit: EventSink, prepared: Prepared, result: applying.ApplyResult) -> list[str]:
+    event = {
+        "event_type": "schema_migration_applied",
+        "workflow_name": "WF106",
+        "workflow_run_id": prepared.envelope.workflow_run_id,
+        "tenant_id": prepared.envelope.tenant_id,
+        "schema_version": prepared.schema.version,
+        "schema_hash": prepared.schema_hash,
+        "table_count": len(prepared.schema.tables),
+        "migration_log_id": result.ledger_id,
+        "reapplied": result.reapplied,
+        "occurred_at": _iso(result.applied_at),
+    }
+    try:
+        emit(event)
+    except Exception:  # the migration is committed; a lost event must not turn it into an error
+        logger.exception("emitting schema_migration_applied failed")
+        return ["The schema_migration_applied event could not be recorded."]
+    return []
+
+
+def _ledger_status(result: applying.ApplyResult) -> str:
+    if result.status == applying.FAILED:
+        return "failed"
+    return "reapplied" if result.reapplied else "success"
+
+
+def _raw_version(envelope: Envelope) -> str | None:
+    payload = envelope.payload
+    version = payload.get("schema_version") if isinstance(payload, dict) else None
+    # Echo the caller's version only while it is short: a blocked answer stays small.
+    return version if isinstance(version, str) and len(version) <= 64 else None
+
+
+def _iso(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _elapsed_ms(since: float) -> int:
+    return round((time.monotonic() - since) * 1000)

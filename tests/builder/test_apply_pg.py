@@ -1,0 +1,234 @@
+"""The builder service against a real PostgreSQL target: apply, noop, conflict, failure, locks."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from builder.apply import ApplySettings
+from builder.service import run_schema_builder
+from tests.builder.helpers import PATIENTS, envelope, load_fixture
+
+APPOINTMENTS = {
+    "name": "appointments",
+    "columns": [
+        {
+            "name": "patient_id",
+            "type": "UUID",
+            "not_null": True,
+            "references": {"table": "patients", "on_delete": "cascade"},
+        },
+        {"name": "starts_at", "type": "TIMESTAMPTZ", "not_null": True},
+    ],
+}
+
+
+def settings_for(schema: str, **overrides: Any) -> ApplySettings:
+    return ApplySettings(target_schema=schema, **overrides)
+
+
+def ledger_rows(conn: psycopg.Connection, schema: str) -> list[tuple[Any, ...]]:
+    return conn.execute(
+        sql.SQL(
+            "SELECT version, status, schema_hash, sql_script, error_message, checksum "
+            "FROM {} ORDER BY applied_at, status"
+        ).format(sql.Identifier(schema, "schema_migrations"))
+    ).fetchall()
+
+
+def relations(conn: psycopg.Connection, schema: str) -> set[str]:
+    rows = conn.execute(
+        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s",
+        [schema],
+    ).fetchall()
+    return {r[0] for r in rows}
+
+
+def test_apply_then_noop_then_conflict(target_conn, target_schema):
+    settings = settings_for(target_schema)
+    first = run_schema_builder(envelope([PATIENTS]), target_conn, settings=settings)
+    assert first.status == "applied", first.response
+    assert first.http_status == 200
+    outputs = first.response["result"]["primary_outputs"]
+    assert outputs["tables_created"] == 1
+    assert outputs["indexes_created"] == 3
+    assert {"patients", "idx_patients_tenant_id", "idx_patients_phone"} <= relations(
+        target_conn, target_schema
+    )
+    [row] = ledger_rows(target_conn, target_schema)
+    assert row[:3] == ("001", "success", first.schema_hash)
+    assert row[3] == first.migration.script
+    assert outputs["migration_log_id"] == first.migration_log_id
+    written = first.response["audit"]["data_written"]
+    assert written == [
+        {"table": "schema_migrations", "record_id": first.migration_log_id, "status": "success"}
+    ]
+
+    again = run_schema_builder(envelope([PATIENTS]), target_conn, settings=settings)
+    assert again.status == "noop"
+    assert again.http_status == 200
+    assert again.response["result"]["already_applied_at"] is not None
+    assert again.migration_log_id == first.migration_log_id
+    assert len(ledger_rows(target_conn, target_schema)) == 1
+
+    changed = {**PATIENTS, "columns": [*PATIENTS["columns"], {"name": "email", "type": "TEXT"}]}
+    conflict = run_schema_builder(envelope([changed]), target_conn, settings=settings)
+    assert conflict.status == "conflict"
+    assert conflict.http_status == 409
+    details = conflict.response["result"]["conflict"]
+    assert details["applied_schema_hash"] == first.schema_hash
+    assert details["requested_schema_hash"] == conflict.schema_hash != first.schema_hash
+    assert len(ledger_rows(target_conn, target_schema)) == 1
+
+
+def test_foundation_fixtures_apply_in_sequence(target_conn, target_schema):
+    settings = settings_for(target_schema)
+    v1 = run_schema_builder(load_fixture("foundation_v001.json"), target_conn, settings=settings)
+    assert v1.status == "applied", v1.response
+    assert v1.response["result"]["primary_outputs"]["tables_created"] == 10
+    v2 = run_schema_builder(load_fixture("foundation_v002.json"), target_conn, settings=settings)
+    assert v2.status == "applied", v2.response
+    # v002 adds one table; the others exist and are reported as left unchanged.
+    assert v2.response["result"]["primary_outputs"]["tables_created"] == 1
+    assert len(v2.response["result"]["primary_outputs"]["warnings"]) == 10
+    assert "insurance_policies" in relations(target_conn, target_schema)
+
+
+def test_failed_migration_rolls_back_and_is_recorded(target_conn, target_schema):
+    settings = settings_for(target_schema)
+    assert run_schema_builder(envelope([PATIENTS]), target_conn, settings=settings).status == (
+        "applied"
+    )
+    table = sql.Identifier(target_schema, "patients")
+    for _ in range(2):
+        target_conn.execute(
+            sql.SQL(
+                "INSERT INTO {} (tenant_id, first_name, last_name, mrn) "
+                "VALUES (gen_random_uuid(), 'a', 'b', 'MRN-1')"
+            ).format(table)
+        )
+    before = relations(target_conn, target_schema)
+    unique_mrn = {
+        **PATIENTS,
+        "indexes": [*PATIENTS["indexes"], {"columns": ["mrn"], "unique": True}],
+    }
+    outcome = run_schema_builder(
+        envelope([unique_mrn, APPOINTMENTS], version="002"), target_conn, settings=settings
+    )
+    assert outcome.status == "failed"
+    assert outcome.http_status == 500
+    assert outcome.error.startswith("23505")
+    assert outcome.response["result"]["error"] == outcome.error
+    # Nothing of 002 is left behind: no appointments table, no new index.
+    assert relations(target_conn, target_schema) == before
+    rows = ledger_rows(target_conn, target_schema)
+    assert [(r[0], r[1]) for r in rows] == [("001", "success"), ("002", "failed")]
+    assert rows[1][3] == outcome.migration.script
+    assert "23505" in rows[1][4]
+    assert outcome.response["audit"]["data_written"][0]["status"] == "failed"
+
+    # A second failed attempt of the same version is recorded too (no UNIQUE(version, status)).
+    again = run_schema_builder(
+        envelope([unique_mrn, APPOINTMENTS], version="002"), target_conn, settings=settings
+    )
+    assert again.status == "failed"
+    assert [r[1] for r in ledger_rows(target_conn, target_schema)] == [
+        "success",
+        "failed",
+        "failed",
+    ]
+
+
+@pytest.mark.slow
+def test_concurrent_applies_of_one_version_apply_exactly_once(target_dsn, target_schema):
+    settings = settings_for(target_schema)
+    request = load_fixture("foundation_v001.json")
+    barrier = threading.Barrier(8)
+    statuses: list[str] = []
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            with psycopg.connect(target_dsn, autocommit=True) as conn:
+                barrier.wait()
+                statuses.append(run_schema_builder(request, conn, settings=settings).status)
+        except BaseException as exc:  # collected and re-raised in the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not errors
+    assert sorted(statuses) == ["applied"] + ["noop"] * 7
+    with psycopg.connect(target_dsn, autocommit=True) as conn:
+        assert [r[1] for r in ledger_rows(conn, target_schema)] == ["success"]
+
+
+def test_lock_on_referenced_table_fails_within_lock_timeout(target_dsn, target_conn, target_schema):
+    settings = settings_for(target_schema, lock_timeout_ms=300)
+    assert run_schema_builder(envelope([PATIENTS]), target_conn, settings=settings).status == (
+        "applied"
+    )
+    with psycopg.connect(target_dsn) as holder:
+        holder.execute(
+            sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(
+                sql.Identifier(target_schema, "patients")
+            )
+        )
+        started = time.monotonic()
+        outcome = run_schema_builder(
+            envelope([PATIENTS, APPOINTMENTS], version="002"), target_conn, settings=settings
+        )
+        elapsed = time.monotonic() - started
+        holder.rollback()
+    assert outcome.status == "failed"
+    assert outcome.error.startswith("55P03"), outcome.error  # lock_not_available
+    # It gave up after its lock timeout instead of queueing behind the lock.
+    assert elapsed < 10
+    assert "appointments" not in relations(target_conn, target_schema)
+    assert [r[1] for r in ledger_rows(target_conn, target_schema)] == ["success", "failed"]
+
+
+def test_dry_run_touches_nothing(target_conn, target_schema):
+    outcome = run_schema_builder(
+        envelope([PATIENTS], dry_run=True), target_conn, settings=settings_for(target_schema)
+    )
+    assert outcome.status == "preview"
+    assert outcome.response["result"]["primary_outputs"]["sql"] == outcome.migration.script
+    assert relations(target_conn, target_schema) == set()
+
+
+def test_force_apply_reapplies_and_records(target_conn, target_schema):
+    settings = settings_for(target_schema)
+    first = run_schema_builder(envelope([PATIENTS]), target_conn, settings=settings)
+    target_conn.execute(
+        sql.SQL("DROP INDEX {}").format(sql.Identifier(target_schema, "idx_patients_phone"))
+    )
+    forced = run_schema_builder(
+        envelope([PATIENTS], force_apply=True), target_conn, settings=settings
+    )
+    assert forced.status == "applied"
+    assert forced.response["result"]["primary_outputs"]["reapplied"] is True
+    assert forced.response["result"]["primary_outputs"]["indexes_created"] == 1
+    assert "idx_patients_phone" in relations(target_conn, target_schema)
+    statuses = [r[1] for r in ledger_rows(target_conn, target_schema)]
+    assert statuses == ["success", "reapplied"]
+    assert first.schema_hash == forced.schema_hash
+
+
+def test_events_are_emitted_only_for_applied(target_conn, target_schema):
+    events: list[dict[str, Any]] = []
+    settings = settings_for(target_schema)
+    run_schema_builder(envelope([PATIENTS]), target_conn, settings=settings, emit=events.append)
+    run_schema_builder(envelope([PATIENTS]), target_conn, settings=settings, emit=events.append)
+    assert [e["event_type"] for e in events] == ["schema_migration_applied"]
+    assert events[0]["schema_version"] == "001"
+    assert events[0]["table_count"] == 1

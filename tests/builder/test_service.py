@@ -1,0 +1,96 @@
+"""The service and the envelope contract without a database (blocked and preview never need one)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from builder.contract import parse_envelope
+from builder.service import run_schema_builder
+from tests.builder.helpers import PATIENTS, envelope, load_fixture
+
+
+def paths_and_codes(outcome) -> set[tuple[str, str]]:
+    return {(e["path"], e["code"]) for e in outcome.validation_errors}
+
+
+@pytest.mark.parametrize("body", [None, [], "x", 3, True])
+def test_a_body_that_is_not_an_object_is_blocked(body):
+    outcome = run_schema_builder(body, None)
+    assert outcome.status == "blocked"
+    assert outcome.http_status == 400
+    assert ("", "invalid_type") in paths_and_codes(outcome)
+
+
+def test_missing_payload_and_unknown_top_level_key_are_both_reported():
+    outcome = run_schema_builder({"meta": {}, "extra": 1}, None)
+    assert paths_and_codes(outcome) == {("payload", "required"), ("extra", "unknown_field")}
+    result = outcome.response["result"]
+    assert result["status"] == "blocked"
+    assert result["validation_errors"] == outcome.validation_errors
+
+
+def test_envelope_and_payload_errors_are_reported_together():
+    request = envelope([{**PATIENTS, "columns": [{"name": "x", "type": "TEXT; DROP TABLE y"}]}])
+    request["subject"] = {"tenant_id": "t_002"}
+    request["context"]["validation_profile"] = "yolo"
+    outcome = run_schema_builder(request, None)
+    codes = paths_and_codes(outcome)
+    assert ("subject.tenant_id", "conflicting_value") in codes
+    assert ("context.validation_profile", "invalid_value") in codes
+    assert ("payload.tables[0].columns[0].type", "not_allowed") in codes
+
+
+def test_the_ledger_table_name_is_reserved():
+    outcome = run_schema_builder(envelope([{"name": "SchemaMigrations", "columns": []}]), None)
+    assert paths_and_codes(outcome) == {("payload.tables[0].name", "reserved_name")}
+
+
+def test_meta_defaults_are_filled_and_run_id_is_kept():
+    parsed = parse_envelope({"payload": {}})
+    assert parsed.meta["workflow_name"] == "WF106"
+    assert re.fullmatch(r"wr_[0-9a-f]{32}", parsed.workflow_run_id)
+    assert parsed.meta["timestamp_utc"].endswith("Z")
+    assert parsed.tenant_id == "global"
+    kept = parse_envelope({"meta": {"workflow_run_id": "wr_abc", "source": "crm"}, "payload": {}})
+    assert kept.workflow_run_id == "wr_abc"
+    assert kept.meta["source"] == "crm"  # extra orchestration fields pass through
+
+
+def test_blocked_response_has_the_output_envelope_shape():
+    request = {"meta": {"workflow_run_id": "wr_shape"}, "payload": {"tables": "nope"}}
+    response = run_schema_builder(request, None).response
+    assert set(response) == {"meta_out", "result", "audit"}
+    meta_out = response["meta_out"]
+    assert meta_out["workflow_name"] == "WF106"
+    assert meta_out["workflow_run_id"] == "wr_shape"
+    assert meta_out["success"] is False
+    assert re.fullmatch(r"sha256_[0-9a-f]{64}", meta_out["inputs_hash"])
+    assert re.fullmatch(r"sha256_[0-9a-f]{64}", meta_out["outputs_hash"])
+    assert response["audit"] == {"phi_touched": False, "data_written": [], "external_calls": []}
+
+
+def test_applying_without_a_connection_is_a_programming_error():
+    with pytest.raises(ValueError, match="connection"):
+        run_schema_builder(load_fixture("foundation_v001.json"), None)
+
+
+def test_dry_run_is_a_preview_with_the_sql_and_plan():
+    request = load_fixture("foundation_v001.json")
+    request["payload"]["dry_run"] = True
+    outcome = run_schema_builder(request, None)
+    assert outcome.status == "preview"
+    outputs = outcome.response["result"]["primary_outputs"]
+    assert outputs["sql"] == outcome.migration.script
+    assert outputs["table_count"] == 10
+    assert [step["table"] for step in outputs["plan"]][:2] == ["tenants", "users"]
+    assert outcome.idempotency_key == f"idem:wf106:t_001:001:{outcome.schema_hash}"
+
+
+def test_same_request_gives_same_hashes_and_sql():
+    one = run_schema_builder(envelope([PATIENTS], dry_run=True), None)
+    two = run_schema_builder(envelope([PATIENTS], dry_run=True), None)
+    assert one.schema_hash == two.schema_hash
+    assert one.migration.checksum == two.migration.checksum
+    assert one.response["meta_out"]["inputs_hash"] == two.response["meta_out"]["inputs_hash"]
