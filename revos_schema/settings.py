@@ -11,7 +11,10 @@ Environment:
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
 
 import environ
 from django.core.exceptions import ImproperlyConfigured
@@ -78,12 +81,26 @@ TEMPLATES = [
 
 WSGI_APPLICATION = "revos_schema.wsgi.application"
 
+
+def _db_config(url: str) -> dict[str, Any]:
+    """Parse a database URL, reading a percent-encoded host as a unix-socket directory.
+
+    `postgresql://postgres@%2Frun%2Fpostgresql/db` is libpq's form (psql and psycopg accept it, and
+    `python -m revos_schema.localdb url` prints it); django-environ would keep the host encoded.
+    """
+    config: dict[str, Any] = env.db_url_config(url)
+    config["HOST"] = unquote(config["HOST"])
+    return config
+
+
 DATABASES = {
-    "default": env.db_url("DATABASE_URL", default="postgres://postgres@127.0.0.1:5432/postgres")
+    "default": _db_config(
+        env.str("DATABASE_URL", default="postgres://postgres@127.0.0.1:5432/postgres")
+    )
 }
 _target_url = env.str("TARGET_DATABASE_URL", default="")
 if _target_url:
-    DATABASES["target"] = env.db_url_config(_target_url)
+    DATABASES["target"] = _db_config(_target_url)
 else:
     # Same server and database as the app: the test runner must not create it twice.
     DATABASES["target"] = {**DATABASES["default"], "TEST": {"MIRROR": "default"}}
@@ -108,5 +125,12 @@ STATIC_ROOT = BASE_DIR / "staticfiles"
 
 # The builder (builder/) reads these through revos_schema.services.builder_settings().
 WF106_TARGET_SCHEMA = env.str("WF106_TARGET_SCHEMA", default="public")
+if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", WF106_TARGET_SCHEMA):
+    raise ImproperlyConfigured("WF106_TARGET_SCHEMA must be a lower-case snake_case identifier.")
+if WF106_TARGET_SCHEMA != "public":
+    # The ledger model names its table unqualified; find it in the target schema first.
+    DATABASES["target"].setdefault("OPTIONS", {})["options"] = (
+        f"-c search_path={WF106_TARGET_SCHEMA},public"
+    )
 WF106_LOCK_TIMEOUT_MS = env.int("WF106_LOCK_TIMEOUT_MS", default=5_000)
 WF106_STATEMENT_TIMEOUT_MS = env.int("WF106_STATEMENT_TIMEOUT_MS", default=120_000)

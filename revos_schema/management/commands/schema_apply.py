@@ -1,0 +1,42 @@
+"""`manage.py schema_apply FILE [--dry-run]`: run the webhook's service on FILE, print the envelope.
+
+Exit code 0 for applied, noop and preview; 1 for any other status; 2 for an unreadable file.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from revos_schema.management.commands._envelope import read_envelope
+from revos_schema.services import submit_envelope
+
+OK_STATUSES = frozenset({"applied", "noop", "preview"})
+
+
+class Command(BaseCommand):
+    help = "Apply a schema request envelope (JSON file, or - for stdin) and print the output."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("file", help="Request envelope JSON file, or - for standard input.")
+        parser.add_argument(
+            "--dry-run",
+            action="store_true",
+            help="Preview only: validate and render the SQL, execute nothing.",
+        )
+        parser.add_argument(
+            "--actor", default="", help="Who is applying (stored with the request)."
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        envelope = read_envelope(options["file"])
+        if options["dry_run"] and isinstance(envelope, dict):
+            payload = envelope.get("payload")
+            if isinstance(payload, dict):
+                envelope = {**envelope, "payload": {**payload, "dry_run": True}}
+        outcome, _submission = submit_envelope(envelope, source="cli", actor=options["actor"])
+        self.stdout.write(json.dumps(outcome.response, indent=2, default=str))
+        if outcome.status not in OK_STATUSES:
+            raise CommandError(f"status {outcome.status}", returncode=1)

@@ -1,0 +1,142 @@
+"""The app's records of schema requests, its event log, and a read-only view of the target's ledger.
+
+`SchemaSubmission` and `SchemaEvent` live in the app's own database. `MigrationLedgerEntry` is an
+unmanaged model over the `schema_migrations` table that the builder creates in the TARGET database
+(`builder/ledger.py`); `revos_schema.routers.TargetRouter` sends it to the `target` alias and Django
+migrations never create or change that table.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from django.db import connections, models, router
+
+
+class SchemaSubmission(models.Model):
+    """One schema request (webhook, admin or command line) and what became of it."""
+
+    class Source(models.TextChoices):
+        API = "api", "API"
+        ADMIN = "admin", "Admin"
+        CLI = "cli", "Command line"
+
+    class Status(models.TextChoices):
+        RECEIVED = "received", "Received"
+        PREVIEW = "preview", "Preview"
+        APPLIED = "applied", "Applied"
+        NOOP = "noop", "Already applied"
+        PENDING_APPROVAL = "pending_approval", "Pending approval"
+        BLOCKED = "blocked", "Blocked"
+        CONFLICT = "conflict", "Conflict"
+        FAILED = "failed", "Failed"
+        REJECTED = "rejected", "Rejected"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    actor = models.TextField(blank=True, default="")
+    source = models.CharField(max_length=16, choices=Source.choices)
+    tenant_id = models.TextField(blank=True, default="")
+    schema_version = models.TextField(blank=True, default="", db_index=True)
+    schema_hash = models.TextField(blank=True, default="")
+    idempotency_key = models.TextField(blank=True, default="")
+    status = models.CharField(max_length=32, choices=Status.choices, default=Status.RECEIVED)
+    http_status = models.PositiveSmallIntegerField(null=True, blank=True)
+    envelope = models.JSONField(help_text="The raw request, as received.")
+    normalized_schema = models.JSONField(null=True, blank=True)
+    generated_sql = models.TextField(blank=True, default="")
+    response = models.JSONField(null=True, blank=True, help_text="The output envelope.")
+    validation_errors = models.JSONField(default=list, blank=True)
+    migration_log_id = models.UUIDField(
+        null=True, blank=True, help_text="The id of the ledger row in the target database."
+    )
+    error_message = models.TextField(blank=True, default="")
+
+    class Meta:
+        ordering = ("-created_at",)
+        verbose_name = "schema submission"
+        permissions = (
+            ("submit_schema", "Can submit schemas through the webhook"),
+            ("approve_schema", "Can approve or reject pending schema migrations"),
+        )
+
+    def __str__(self) -> str:
+        version = self.schema_version or "(no version)"
+        return f"{version}: {self.get_status_display().lower()} ({self.source})"
+
+
+class SchemaEvent(models.Model):
+    """An event emitted to the WF11 event log, e.g. `schema_migration_applied`."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    event_type = models.CharField(max_length=100, db_index=True)
+    # Events outlive the submissions they came from: the log is an audit trail.
+    submission = models.ForeignKey(
+        SchemaSubmission,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="events",
+    )
+    payload = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ("-created_at",)
+        verbose_name = "schema event"
+
+    def __str__(self) -> str:
+        return f"{self.event_type} ({self.created_at:%Y-%m-%d %H:%M})"
+
+
+class MigrationLedgerEntry(models.Model):
+    """A row of the builder's migration ledger (`schema_migrations`) in the target database.
+
+    Read-only here: the builder writes it. Keep the fields in sync with `builder/ledger.py`.
+    """
+
+    class Status(models.TextChoices):
+        SUCCESS = "success", "Success"
+        FAILED = "failed", "Failed"
+        REAPPLIED = "reapplied", "Reapplied"
+
+    # The nullable text columns mirror the builder's table, where NULL means "not given".
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    version = models.TextField()
+    description = models.TextField(blank=True, default="")
+    applied_by = models.TextField(null=True, blank=True)  # noqa: DJ001
+    checksum = models.TextField()
+    status = models.CharField(max_length=16, choices=Status.choices)
+    sql_script = models.TextField()
+    schema_hash = models.TextField()
+    idempotency_key = models.TextField()
+    tenant_id = models.TextField(null=True, blank=True)  # noqa: DJ001
+    workflow_run_id = models.TextField(null=True, blank=True)  # noqa: DJ001
+    metadata = models.JSONField(default=dict, blank=True)
+    error_message = models.TextField(null=True, blank=True)  # noqa: DJ001
+    applied_at = models.DateTimeField()
+    execution_ms = models.IntegerField(null=True, blank=True)
+
+    class Meta:
+        managed = False
+        db_table = "schema_migrations"
+        ordering = ("-applied_at",)
+        verbose_name = "migration ledger entry"
+        verbose_name_plural = "migration ledger"
+
+    def __str__(self) -> str:
+        return f"{self.version} {self.status} ({self.applied_at:%Y-%m-%d %H:%M})"
+
+    @classmethod
+    def table_exists(cls) -> bool:
+        """Tell whether the ledger table is visible in the target database.
+
+        The builder creates it with the first migration it records, so a fresh target has none.
+        Raises DatabaseError when the target cannot be reached.
+        """
+        connection = connections[router.db_for_read(cls) or "default"]
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT to_regclass(%s) IS NOT NULL", [cls._meta.db_table])
+            row = cursor.fetchone()
+        return bool(row and row[0])

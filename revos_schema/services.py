@@ -1,0 +1,90 @@
+"""The Django side of the builder: settings, the target connection, and stored submissions.
+
+Views, admin actions and management commands call `submit_envelope`; it records the request as a
+`SchemaSubmission`, runs the builder service (`builder.service.run_schema_builder`) and stores the
+outcome. No builder logic lives here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+from django.conf import settings
+from django.db import connections
+
+from builder.apply import ApplySettings
+from builder.service import Outcome, run_schema_builder
+from revos_schema.models import SchemaEvent, SchemaSubmission
+
+
+def builder_settings() -> ApplySettings:
+    """Return the builder's apply settings from Django settings."""
+    return ApplySettings(
+        target_schema=settings.WF106_TARGET_SCHEMA,
+        lock_timeout_ms=settings.WF106_LOCK_TIMEOUT_MS,
+        statement_timeout_ms=settings.WF106_STATEMENT_TIMEOUT_MS,
+    )
+
+
+def target_conninfo() -> str:
+    """Return a libpq conninfo string for the target database (the test one under pytest)."""
+    config = connections["target"].settings_dict
+    params = {
+        "dbname": config.get("NAME"),
+        "user": config.get("USER"),
+        "password": config.get("PASSWORD"),
+        "host": config.get("HOST"),
+        "port": str(config.get("PORT") or ""),
+    }
+    return psycopg.conninfo.make_conninfo(**{k: v for k, v in params.items() if v})
+
+
+@contextmanager
+def target_connection() -> Iterator[psycopg.Connection[Any]]:
+    """Open an autocommit connection to the target database for one request."""
+    with psycopg.connect(target_conninfo(), autocommit=True) as conn:
+        yield conn
+
+
+def submit_envelope(
+    raw: object, *, source: str, actor: str = ""
+) -> tuple[Outcome, SchemaSubmission]:
+    """Store the request, run the builder on it, store and return the outcome."""
+    submission = SchemaSubmission.objects.create(
+        source=source,
+        actor=actor,
+        envelope=raw,
+        status="received",
+    )
+
+    def record_event(event: dict[str, Any]) -> None:
+        SchemaEvent.objects.create(
+            event_type=event["event_type"], submission=submission, payload=event
+        )
+
+    with target_connection() as conn:
+        outcome = run_schema_builder(raw, conn, settings=builder_settings(), emit=record_event)
+    _store_outcome(submission, outcome)
+    return outcome, submission
+
+
+def _store_outcome(submission: SchemaSubmission, outcome: Outcome) -> None:
+    submission.status = outcome.status
+    submission.http_status = outcome.http_status
+    submission.response = outcome.response
+    submission.validation_errors = outcome.validation_errors
+    submission.tenant_id = outcome.envelope.tenant_id
+    submission.actor = submission.actor or (outcome.envelope.actor_id or "")
+    submission.error_message = outcome.error or ""
+    submission.migration_log_id = outcome.migration_log_id
+    if outcome.schema is not None:
+        submission.schema_version = outcome.schema.version
+        submission.normalized_schema = outcome.schema.to_dict()
+        submission.schema_hash = outcome.schema_hash or ""
+        submission.idempotency_key = outcome.idempotency_key or ""
+    if outcome.migration is not None:
+        submission.generated_sql = outcome.migration.script
+    submission.save()
