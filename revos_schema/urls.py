@@ -1,6 +1,17 @@
 from django.contrib import admin
 from django.urls import path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from revos_schema.api import SchemaBuilderView, SubmissionStatusView
 
 urlpatterns = [
     path("admin/", admin.site.urls),
+    path("wf106/schema-builder", SchemaBuilderView.as_view(), name="wf106-schema-builder"),
+    path(
+        "wf106/schema-builder/submissions/<uuid:submission_id>",
+        SubmissionStatusView.as_view(),
+        name="wf106-submission",
+    ),
+    path("api/schema/", SpectacularAPIView.as_view(), name="openapi-schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="openapi-schema"), name="api-docs"),
 ]

@@ -1,0 +1,191 @@
+"""The WF106 webhook: `POST /wf106/schema-builder` and the submission status endpoint.
+
+The views only translate HTTP to the builder service (`revos_schema.services`) and back. Every
+answer, errors included, has the output envelope shape `{meta_out, result, audit}`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import psycopg
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
+from django.urls import reverse
+from drf_spectacular.utils import extend_schema
+from rest_framework import exceptions, status
+from rest_framework.authentication import TokenAuthentication
+from rest_framework.permissions import BasePermission, IsAuthenticated
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView, exception_handler
+
+from builder.contract import output_envelope, parse_envelope
+from builder.errors import ValidationIssue
+from revos_schema import api_docs
+from revos_schema.models import SchemaSubmission
+from revos_schema.services import submit_envelope
+
+logger = logging.getLogger(__name__)
+
+
+class CanSubmitSchema(BasePermission):
+    """The caller holds `revos_schema.submit_schema` (service accounts need not be staff)."""
+
+    message = "This account lacks the permission revos_schema.submit_schema."
+
+    def has_permission(self, request: Request, view: APIView) -> bool:
+        return bool(request.user and request.user.has_perm("revos_schema.submit_schema"))
+
+
+class WebhookView(APIView):
+    """Base of the WF106 views: token authentication, the permission, envelope-shaped errors."""
+
+    authentication_classes = (TokenAuthentication,)
+    permission_classes = (IsAuthenticated, CanSubmitSchema)
+
+    def get_exception_handler(self) -> Any:
+        return envelope_exception_handler
+
+
+class SchemaBuilderView(WebhookView):
+    """Validate, plan and apply one schema version (or preview it with `payload.dry_run`)."""
+
+    @extend_schema(**api_docs.SUBMIT_SCHEMA)
+    def post(self, request: Request) -> Response:
+        body = _read_json_body(request)
+        if isinstance(body, ValidationIssue):
+            return _error_response(status.HTTP_400_BAD_REQUEST, "blocked", [body])
+        actor = request.user.get_username()
+        try:
+            outcome, submission = submit_envelope(body, source="api", actor=actor)
+        except psycopg.OperationalError:
+            logger.exception("target database unavailable")
+            return _error_response(
+                status.HTTP_503_SERVICE_UNAVAILABLE,
+                "failed",
+                summary="The target database is unavailable; nothing was applied. Retry later.",
+            )
+        return Response(_link(outcome.response, submission), status=outcome.http_status)
+
+
+class SubmissionStatusView(WebhookView):
+    """Return the current status envelope of one stored submission."""
+
+    @extend_schema(**api_docs.SUBMISSION_STATUS)
+    def get(self, request: Request, submission_id: str) -> Response:
+        submission = SchemaSubmission.objects.filter(pk=submission_id).first()
+        if submission is None:
+            return _error_response(
+                status.HTTP_404_NOT_FOUND, "not_found", summary="No such submission."
+            )
+        response = submission.response or _error_envelope(
+            submission.status, summary=f"Submission is {submission.status}."
+        )
+        response = {**response, "result": {**response["result"], "status": submission.status}}
+        return Response(_link(response, submission), status=status.HTTP_200_OK)
+
+
+def _read_json_body(request: Request) -> object | ValidationIssue:
+    """Return the parsed JSON body, or the issue that makes it unusable."""
+    limit = settings.WF106_MAX_BODY_BYTES
+    try:
+        declared = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        declared = 0
+    too_large = ValidationIssue("", "too_large", f"The request body exceeds {limit} bytes.")
+    if declared > limit:
+        return too_large
+    try:
+        raw = request.body
+    except RequestDataTooBig:
+        return too_large
+    if len(raw) > limit:
+        return too_large
+    try:
+        return json.loads(raw, object_pairs_hook=_unique_keys, parse_constant=_no_constants)
+    except (ValueError, RecursionError) as exc:
+        message = str(exc) if isinstance(exc, _DuplicateKey) else "The body is not valid JSON."
+        return ValidationIssue("", "invalid_json", message)
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """Build a JSON object, refusing duplicate keys (which would make the request ambiguous)."""
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise _DuplicateKey(f"Duplicate key {key!r} in a JSON object.")
+        result[key] = value
+    return result
+
+
+def _no_constants(name: str) -> None:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _link(response: dict[str, Any], submission: SchemaSubmission) -> dict[str, Any]:
+    """Add the stored submission's id and URL to `result`."""
+    url = reverse("wf106-submission", kwargs={"submission_id": submission.pk})
+    result = {**response["result"], "submission_id": str(submission.pk), "submission_url": url}
+    return {**response, "result": result}
+
+
+def _error_envelope(
+    result_status: str,
+    *,
+    summary: str,
+    issues: list[ValidationIssue] | None = None,
+) -> dict[str, Any]:
+    extra = {"validation_errors": [i.to_dict() for i in issues]} if issues else {}
+    return output_envelope(
+        parse_envelope({}),
+        status=result_status,
+        summary=summary,
+        latency_ms=0,
+        primary_outputs={"schema_version": None, "warnings": []},
+        result_extra=extra,
+    )
+
+
+def _error_response(
+    http_status: int,
+    result_status: str,
+    issues: list[ValidationIssue] | None = None,
+    *,
+    summary: str | None = None,
+) -> Response:
+    if summary is None:
+        summary = f"Validation failed: {len(issues or [])} error(s); nothing was executed."
+    body = _error_envelope(result_status, summary=summary, issues=issues)
+    return Response(body, status=http_status)
+
+
+_AUTH_STATUS = {
+    status.HTTP_401_UNAUTHORIZED: "unauthorized",
+    status.HTTP_403_FORBIDDEN: "forbidden",
+    status.HTTP_404_NOT_FOUND: "not_found",
+    status.HTTP_405_METHOD_NOT_ALLOWED: "method_not_allowed",
+    status.HTTP_415_UNSUPPORTED_MEDIA_TYPE: "unsupported_media_type",
+    status.HTTP_429_TOO_MANY_REQUESTS: "throttled",
+}
+
+
+def envelope_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    """Give DRF's errors (401, 403, 405, ...) the output envelope shape, without internals."""
+    response = exception_handler(exc, context)
+    if response is None:
+        # Not an API error: a bug. Answer in the envelope shape, never with a stack trace.
+        logger.error("unhandled error in the WF106 webhook", exc_info=exc)
+        body = _error_envelope("failed", summary="Internal error; nothing was applied.")
+        return Response(body, status=status.HTTP_500_INTERNAL_SERVER_ERROR)
+    detail = exc.detail if isinstance(exc, exceptions.APIException) else None
+    summary = detail if isinstance(detail, str) else "The request was refused."
+    result_status = _AUTH_STATUS.get(response.status_code, "blocked")
+    response.data = _error_envelope(result_status, summary=str(summary))
+    return response

@@ -1,0 +1,246 @@
+"""The WF106 webhook over HTTP (Django's test client), against a real PostgreSQL target."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from django.contrib.auth.models import Permission, User
+from psycopg import sql
+from rest_framework.authtoken.models import Token
+from rest_framework.test import APIClient
+
+from revos_schema.models import SchemaEvent, SchemaSubmission
+from tests.builder.helpers import PATIENTS, envelope, load_fixture
+
+URL = "/wf106/schema-builder"
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def target(settings, target_schema):
+    settings.WF106_TARGET_SCHEMA = target_schema
+    return target_schema
+
+
+def make_token(username: str, *, permitted: bool) -> str:
+    user = User.objects.create_user(username)  # a service account: not staff, no password
+    if permitted:
+        user.user_permissions.add(Permission.objects.get(codename="submit_schema"))
+    return Token.objects.create(user=user).key
+
+
+@pytest.fixture
+def client() -> APIClient:
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"Token {make_token('svc-crm', permitted=True)}")
+    return api
+
+
+def post(client: APIClient, body: object):
+    return client.post(URL, data=json.dumps(body), content_type="application/json")
+
+
+def assert_envelope(data: dict, status: str) -> None:
+    assert set(data) == {"meta_out", "result", "audit"}
+    assert data["meta_out"]["workflow_name"] == "WF106"
+    assert data["result"]["status"] == status
+
+
+def test_missing_token_is_401_with_the_envelope_shape(target):
+    response = APIClient().post(URL, data="{}", content_type="application/json")
+    assert response.status_code == 401
+    assert response["WWW-Authenticate"] == "Token"
+    assert_envelope(response.json(), "unauthorized")
+    assert not SchemaSubmission.objects.exists()
+
+
+def test_wrong_token_is_401(target):
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION="Token not-a-real-token")
+    response = api.post(URL, data="{}", content_type="application/json")
+    assert response.status_code == 401
+    assert_envelope(response.json(), "unauthorized")
+
+
+def test_a_token_without_the_permission_is_403(target):
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"Token {make_token('nobody', permitted=False)}")
+    response = post(api, envelope([PATIENTS]))
+    assert response.status_code == 403
+    assert_envelope(response.json(), "forbidden")
+    assert not SchemaSubmission.objects.exists()
+
+
+@pytest.mark.parametrize("method", ["get", "put", "patch", "delete"])
+def test_other_methods_are_405(client, target, method):
+    response = getattr(client, method)(URL)
+    assert response.status_code == 405
+    assert_envelope(response.json(), "method_not_allowed")
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        (b"{not json", "invalid_json"),
+        (b"", "invalid_json"),
+        (b'{"payload": NaN}', "invalid_json"),
+        (b'{"payload": {}, "payload": {}}', "invalid_json"),
+        (b"[" * 100_000 + b"]" * 100_000, "invalid_json"),
+        (b"\xff\xfe", "invalid_json"),
+    ],
+)
+def test_unusable_bodies_are_400_not_500(client, target, body, code):
+    response = client.post(URL, data=body, content_type="application/json")
+    assert response.status_code == 400
+    data = response.json()
+    assert_envelope(data, "blocked")
+    assert [e["code"] for e in data["result"]["validation_errors"]] == [code]
+
+
+def test_a_body_over_the_limit_is_400(client, target, settings):
+    settings.WF106_MAX_BODY_BYTES = 1000
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1000
+    body = envelope([PATIENTS]) | {"meta": {"padding": "x" * 2000}}
+    response = post(client, body)
+    assert response.status_code == 400
+    assert response.json()["result"]["validation_errors"][0]["code"] == "too_large"
+
+
+def test_non_object_json_is_blocked(client, target):
+    response = post(client, [1, 2])
+    assert response.status_code == 400
+    assert response.json()["result"]["validation_errors"][0]["code"] == "invalid_type"
+
+
+def test_applied_then_noop_then_conflict(client, target, target_conn):
+    first = post(client, load_fixture("foundation_v001.json"))
+    assert first.status_code == 200, first.json()
+    data = first.json()
+    assert_envelope(data, "applied")
+    outputs = data["result"]["primary_outputs"]
+    assert (outputs["schema_version"], outputs["tables_created"]) == ("001", 10)
+    assert outputs["indexes_created"] == 25
+    assert data["meta_out"]["success"] is True
+    assert data["audit"]["data_written"][0]["record_id"] == outputs["migration_log_id"]
+    assert data["audit"]["external_calls"][0]["service"] == "postgresql"
+    ledger = target_conn.execute(
+        sql.SQL("SELECT id::text, status FROM {}").format(
+            sql.Identifier(target, "schema_migrations")
+        )
+    ).fetchall()
+    assert ledger == [(outputs["migration_log_id"], "success")]
+
+    second = post(client, load_fixture("foundation_v001.json"))
+    assert second.status_code == 200
+    assert_envelope(second.json(), "noop")
+    assert second.json()["result"]["already_applied_at"]
+
+    changed = load_fixture("foundation_v001.json")
+    changed["payload"]["tables"][0]["columns"].append({"name": "region", "type": "TEXT"})
+    third = post(client, changed)
+    assert third.status_code == 409
+    assert_envelope(third.json(), "conflict")
+
+    statuses = list(SchemaSubmission.objects.order_by("created_at").values_list("status", "source"))
+    assert statuses == [("applied", "api"), ("noop", "api"), ("conflict", "api")]
+    assert SchemaEvent.objects.count() == 1
+
+
+def test_preview_executes_nothing(client, target, target_conn):
+    response = post(client, envelope([PATIENTS], dry_run=True))
+    assert response.status_code == 200
+    assert_envelope(response.json(), "preview")
+    assert "CREATE TABLE IF NOT EXISTS" in response.json()["result"]["primary_outputs"]["sql"]
+    count = target_conn.execute(
+        "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s",
+        [target],
+    ).fetchone()
+    assert count == (0,)
+
+
+def test_blocked_lists_every_error_and_is_stored(client, target):
+    body = envelope(
+        [
+            {"name": "", "columns": [{"name": "a", "type": "TEXT; DROP TABLE x"}]},
+            {"name": "b", "columns": [{"name": "c", "type": "TEXT", "default": "pg_sleep(9)"}]},
+        ]
+    )
+    response = post(client, body)
+    assert response.status_code == 400
+    errors = response.json()["result"]["validation_errors"]
+    assert {(e["path"], e["code"]) for e in errors} >= {
+        ("payload.tables[0].columns[0].type", "not_allowed"),
+        ("payload.tables[1].columns[0].default", "not_allowed"),
+    }
+    assert all(set(e) == {"path", "code", "message"} for e in errors)
+    submission = SchemaSubmission.objects.get()
+    assert submission.status == "blocked"
+    assert submission.validation_errors == errors
+    assert response.json()["result"]["submission_id"] == str(submission.pk)
+
+
+def test_failed_is_500_rolled_back_recorded_and_without_internals(client, target, target_conn):
+    assert post(client, envelope([PATIENTS])).status_code == 200
+    table = sql.Identifier(target, "patients")
+    for _ in range(2):
+        target_conn.execute(
+            sql.SQL(
+                "INSERT INTO {} (tenant_id, first_name, last_name, mrn) "
+                "VALUES (gen_random_uuid(), 'a', 'b', 'dup')"
+            ).format(table)
+        )
+    unique_mrn = {**PATIENTS, "indexes": [{"columns": ["mrn"], "unique": True}]}
+    response = post(client, envelope([unique_mrn], version="002"))
+    assert response.status_code == 500
+    data = response.json()
+    assert_envelope(data, "failed")
+    assert data["result"]["error"].startswith("23505")
+    text = response.content.decode()
+    assert "Traceback" not in text and "password" not in text.lower()
+    assert data["audit"]["data_written"][0]["status"] == "failed"
+    statuses = target_conn.execute(
+        sql.SQL("SELECT version, status FROM {} ORDER BY applied_at").format(
+            sql.Identifier(target, "schema_migrations")
+        )
+    ).fetchall()
+    assert statuses == [("001", "success"), ("002", "failed")]
+
+
+def test_force_apply_reapplies_an_applied_version(client, target, target_conn):
+    assert post(client, envelope([PATIENTS])).status_code == 200
+    target_conn.execute(
+        sql.SQL("DROP INDEX {}").format(sql.Identifier(target, "idx_patients_phone"))
+    )
+    response = post(client, envelope([PATIENTS], force_apply=True))
+    assert response.status_code == 200
+    outputs = response.json()["result"]["primary_outputs"]
+    assert outputs["reapplied"] is True
+    assert outputs["indexes_created"] == 1
+    assert response.json()["audit"]["data_written"][0]["status"] == "reapplied"
+
+
+def test_submission_status_endpoint(client, target):
+    created = post(client, envelope([PATIENTS], dry_run=True)).json()["result"]
+    response = client.get(created["submission_url"])
+    assert response.status_code == 200
+    assert_envelope(response.json(), "preview")
+    assert response.json()["result"]["submission_id"] == created["submission_id"]
+    missing = client.get(f"{URL}/submissions/00000000-0000-0000-0000-000000000000")
+    assert missing.status_code == 404
+    assert_envelope(missing.json(), "not_found")
+    anonymous = APIClient().get(created["submission_url"])
+    assert anonymous.status_code == 401
+
+
+def test_openapi_schema_and_docs_are_served(client):
+    schema = client.get("/api/schema/", HTTP_ACCEPT="application/json")
+    assert schema.status_code == 200
+    paths = schema.json()["paths"]
+    assert "/wf106/schema-builder" in paths
+    responses = paths["/wf106/schema-builder"]["post"]["responses"]
+    assert {"200", "400", "401", "403", "409", "500"} <= set(responses)
+    docs = client.get("/api/docs/")
+    assert docs.status_code == 200
+    assert b"swagger-ui" in docs.content
