@@ -7,6 +7,8 @@ outcome. No builder logic lives here.
 
 from __future__ import annotations
 
+import atexit
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -14,6 +16,7 @@ from typing import Any
 import psycopg
 from django.conf import settings
 from django.db import connections
+from psycopg_pool import ConnectionPool
 
 from builder.apply import ApplySettings
 from builder.service import Outcome, run_schema_builder
@@ -42,10 +45,46 @@ def target_conninfo() -> str:
     return psycopg.conninfo.make_conninfo(**{k: v for k, v in params.items() if v})
 
 
+_pools: dict[str, ConnectionPool[psycopg.Connection[Any]]] = {}
+_pools_lock = threading.Lock()
+
+
+def _pool() -> ConnectionPool[psycopg.Connection[Any]]:
+    """Return the process's pool of target connections (connecting costs ~5 ms a request)."""
+    conninfo = target_conninfo()
+    with _pools_lock:
+        pool = _pools.get(conninfo)
+        if pool is None:
+            pool = ConnectionPool(
+                conninfo,
+                kwargs={"autocommit": True},
+                min_size=1,
+                max_size=settings.WF106_TARGET_POOL_SIZE,
+                max_idle=300,
+                # A connection that died while idle (server restart) is replaced, not handed out.
+                check=ConnectionPool.check_connection,
+                name="wf106-target",
+                open=True,
+            )
+            _pools[conninfo] = pool
+        return pool
+
+
+def close_target_pools() -> None:
+    """Close every pooled target connection (at exit, and before a test database is dropped)."""
+    with _pools_lock:
+        for pool in _pools.values():
+            pool.close()
+        _pools.clear()
+
+
+atexit.register(close_target_pools)
+
+
 @contextmanager
 def target_connection() -> Iterator[psycopg.Connection[Any]]:
-    """Open an autocommit connection to the target database for one request."""
-    with psycopg.connect(target_conninfo(), autocommit=True) as conn:
+    """Lend an autocommit connection to the target database for one request."""
+    with _pool().connection(timeout=settings.WF106_TARGET_POOL_TIMEOUT_S) as conn:
         yield conn
 
 

@@ -135,6 +135,9 @@ if WF106_TARGET_SCHEMA != "public":
     )
 WF106_LOCK_TIMEOUT_MS = env.int("WF106_LOCK_TIMEOUT_MS", default=5_000)
 WF106_STATEMENT_TIMEOUT_MS = env.int("WF106_STATEMENT_TIMEOUT_MS", default=120_000)
+# Pooled connections to the target database, per process.
+WF106_TARGET_POOL_SIZE = env.int("WF106_TARGET_POOL_SIZE", default=4)
+WF106_TARGET_POOL_TIMEOUT_S = env.float("WF106_TARGET_POOL_TIMEOUT_S", default=30.0)
 WF106_MAX_BODY_BYTES = env.int("WF106_MAX_BODY_BYTES", default=1024 * 1024)
 # Django refuses larger bodies itself (RequestDataTooBig), and the webhook answers 400.
 DATA_UPLOAD_MAX_MEMORY_SIZE = WF106_MAX_BODY_BYTES

@@ -28,8 +28,21 @@ def _conninfo(alias: str = "target") -> str:
     return psycopg.conninfo.make_conninfo(**{k: v for k, v in params.items() if v})
 
 
+@pytest.fixture(scope="session")
+def close_pools_before_drop(django_db_setup: None) -> Iterator[None]:
+    """Close the app's pooled target connections before pytest-django drops the test database."""
+    yield
+    from revos_schema.services import close_target_pools
+
+    close_target_pools()
+
+
 @pytest.fixture
-def target_dsn(django_db_setup: None, django_db_blocker: pytest.FixtureRequest) -> Iterator[str]:
+def target_dsn(
+    close_pools_before_drop: None,
+    django_db_setup: None,
+    django_db_blocker: pytest.FixtureRequest,
+) -> Iterator[str]:
     """Return the conninfo of the (test) target database."""
     with django_db_blocker.unblock():  # type: ignore[attr-defined]
         yield _conninfo()
