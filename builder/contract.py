@@ -11,11 +11,13 @@ import hashlib
 import json
 import re
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from builder.errors import ValidationIssue
+from builder.fields import IssueLog, as_object, check_keys, key_path, read_string
 
 WORKFLOW_NAME = "WF106"
 DEFAULT_TENANT = "global"
@@ -66,32 +68,18 @@ def parse_envelope(raw: object, *, now: datetime | None = None) -> Envelope:
     A usable Envelope is always returned (with defaults where the input was unusable), so that
     even a blocked request gets a proper output envelope with its run id.
     """
-    issues: list[ValidationIssue] = []
+    log = IssueLog()
     now = now or datetime.now(UTC)
-    body = raw if isinstance(raw, dict) else {}
-    if not isinstance(raw, dict):
-        issues.append(_issue("", "invalid_type", "The request body must be a JSON object."))
-    for key in body:
-        if key not in TOP_LEVEL_KEYS:
-            issues.append(_issue(str(key), "unknown_field", f"Unknown field {key!r}."))
-
-    meta = _object(body, "meta", issues)
-    subject = _object(body, "subject", issues, allowed=SUBJECT_KEYS)
-    context = _object(body, "context", issues, allowed=CONTEXT_KEYS)
+    body = as_object(raw, "", log, "The request body") or {}
+    check_keys(body, TOP_LEVEL_KEYS, "", log)
+    meta = _section(body, "meta", log, allowed=None)
+    subject = _section(body, "subject", log, allowed=SUBJECT_KEYS)
+    context = _section(body, "context", log, allowed=CONTEXT_KEYS)
     for key in META_STRING_KEYS:
-        _text(meta, key, f"meta.{key}", issues)
+        _text(meta, key, "meta", log)
 
-    run_id = meta.get("workflow_run_id")
-    if not (isinstance(run_id, str) and _RUN_ID_RE.match(run_id)):
-        if run_id is not None and isinstance(run_id, str):
-            issues.append(
-                _issue(
-                    "meta.workflow_run_id",
-                    "invalid_value",
-                    "workflow_run_id may only contain letters, digits and . _ : - (1-128).",
-                )
-            )
-        run_id = f"wr_{uuid.uuid4().hex}"
+    run_id = _matching(meta, "workflow_run_id", "meta", _RUN_ID_RE, log)
+    run_id = run_id or f"wr_{uuid.uuid4().hex}"
     filled_meta = {
         **meta,
         "workflow_name": WORKFLOW_NAME,
@@ -100,101 +88,87 @@ def parse_envelope(raw: object, *, now: datetime | None = None) -> Envelope:
     }
 
     payload = body.get("payload")
-    if payload is None and isinstance(raw, dict):
-        issues.append(_issue("payload", "required", "The request needs a payload object."))
-    flags = payload if isinstance(payload, dict) else {}
+    if payload is None and isinstance(raw, Mapping):
+        log.add("payload", "required", "The request needs a payload object.")
+    flags = payload if isinstance(payload, Mapping) else {}
     return Envelope(
         meta=filled_meta,
-        tenant_id=_tenant(meta, subject, issues),
-        actor_id=_text(context, "actor_id", "context.actor_id", issues),
-        validation_profile=_profile(context, issues),
+        tenant_id=_tenant(meta, subject, log),
+        actor_id=_text(context, "actor_id", "context", log),
+        validation_profile=_profile(context, log),
         payload=payload,
         workflow_run_id=run_id,
         inputs_hash=sha256_prefixed(raw),
         dry_run=flags.get("dry_run") is True,
         force_apply=flags.get("force_apply") is True,
-        issues=tuple(issues),
+        issues=tuple(log.items),
     )
 
 
-def _object(
-    body: dict[str, Any],
-    key: str,
-    issues: list[ValidationIssue],
-    *,
-    allowed: tuple[str, ...] | None = None,
+def _section(
+    body: Mapping[object, object], key: str, log: IssueLog, *, allowed: tuple[str, ...] | None
 ) -> dict[str, Any]:
+    """Return the optional object `key` of the envelope ({} if absent or unusable)."""
     value = body.get(key)
     if value is None:
         return {}
-    if not isinstance(value, dict):
-        issues.append(_issue(key, "invalid_type", f"{key} must be an object."))
+    section = as_object(value, key, log, key)
+    if section is None:
         return {}
     if allowed is not None:
-        for name in value:
-            if name not in allowed:
-                issues.append(_issue(f"{key}.{name}", "unknown_field", f"Unknown field {name!r}."))
-    return value
+        check_keys(section, allowed, key, log)
+    return {str(k): v for k, v in section.items()}
 
 
-def _text(obj: dict[str, Any], key: str, path: str, issues: list[ValidationIssue]) -> str | None:
-    value = obj.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        issues.append(_issue(path, "invalid_type", f"{path} must be a string."))
-        return None
-    if len(value) > _MAX_TEXT:
-        issues.append(_issue(path, "too_long", f"{path} is longer than {_MAX_TEXT} characters."))
+def _text(obj: Mapping[str, Any], key: str, path: str, log: IssueLog) -> str | None:
+    """Return the optional short string `key`, logging a wrong type or a too long value."""
+    value = read_string(cast(Mapping[object, object], obj), key, path, log, required=False)
+    if value is not None and len(value) > _MAX_TEXT:
+        log.add(key_path(path, key), "too_long", f"{key} is longer than {_MAX_TEXT} characters")
         return None
     return value
 
 
-def _tenant(meta: dict[str, Any], subject: dict[str, Any], issues: list[ValidationIssue]) -> str:
-    meta_tenant = _text(meta, "tenant_id", "meta.tenant_id", [])
-    subject_tenant = _text(subject, "tenant_id", "subject.tenant_id", issues)
+def _matching(
+    obj: Mapping[str, Any], key: str, path: str, pattern: re.Pattern[str], log: IssueLog
+) -> str | None:
+    """Return the optional string `key` if it matches `pattern`; log `invalid_value` if not."""
+    value = _text(obj, key, path, IssueLog())  # wrong types are logged by the caller's pass
+    if value is None or pattern.fullmatch(value):
+        return value
+    log.add(
+        key_path(path, key),
+        "invalid_value",
+        f"{key} may only contain letters, digits and . _ : - (1-128 characters)",
+    )
+    return None
+
+
+def _tenant(meta: Mapping[str, Any], subject: Mapping[str, Any], log: IssueLog) -> str:
+    meta_tenant = _matching(meta, "tenant_id", "meta", _TENANT_RE, log)
+    _text(subject, "tenant_id", "subject", log)  # logs a wrong type; meta's are logged already
+    subject_tenant = _matching(subject, "tenant_id", "subject", _TENANT_RE, log)
     if meta_tenant and subject_tenant and meta_tenant != subject_tenant:
-        issues.append(
-            _issue(
-                "subject.tenant_id",
-                "conflicting_value",
-                "subject.tenant_id and meta.tenant_id name different tenants.",
-            )
+        log.add(
+            "subject.tenant_id",
+            "conflicting_value",
+            "subject.tenant_id and meta.tenant_id name different tenants",
         )
-    tenant = subject_tenant or meta_tenant
-    if tenant is None:
-        return DEFAULT_TENANT
-    if not _TENANT_RE.match(tenant):
-        path = "subject.tenant_id" if subject_tenant else "meta.tenant_id"
-        issues.append(
-            _issue(
-                path,
-                "invalid_value",
-                "tenant_id may only contain letters, digits and . _ : - (1-128 characters).",
-            )
-        )
-        return DEFAULT_TENANT
-    return tenant
+    return subject_tenant or meta_tenant or DEFAULT_TENANT
 
 
-def _profile(context: dict[str, Any], issues: list[ValidationIssue]) -> str:
-    value = _text(context, "validation_profile", "context.validation_profile", issues)
+def _profile(context: Mapping[str, Any], log: IssueLog) -> str:
+    value = _text(context, "validation_profile", "context", log)
     if value is None:
         return VALIDATION_PROFILES[0]
     if value not in VALIDATION_PROFILES:
-        issues.append(
-            _issue(
-                "context.validation_profile",
-                "invalid_value",
-                f"Unknown validation profile; expected one of: {', '.join(VALIDATION_PROFILES)}.",
-            )
+        log.add(
+            "context.validation_profile",
+            "invalid_value",
+            f"unknown validation profile; expected one of: {', '.join(VALIDATION_PROFILES)}",
         )
         return VALIDATION_PROFILES[0]
     return value
-
-
-def _issue(path: str, code: str, message: str) -> ValidationIssue:
-    return ValidationIssue(path=path, code=code, message=message)
 
 
 def idempotency_key(tenant_id: str, version: str, schema_hash: str) -> str:

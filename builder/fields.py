@@ -39,7 +39,7 @@ def key_path(path: str, key: object) -> str:
     """Return the path of `key` inside the object at `path` (`payload.tables`)."""
     text = str(key)
     if _PLAIN_KEY.fullmatch(text):
-        return f"{path}.{text}"
+        return f"{path}.{text}" if path else text
     return f"{path}[{json.dumps(text)}]"
 
 
