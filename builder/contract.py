@@ -18,6 +18,7 @@ from typing import Any, cast
 
 from builder.errors import ValidationIssue
 from builder.fields import IssueLog, as_object, check_keys, key_path, read_string
+from builder.request_json import find_unusable
 
 WORKFLOW_NAME = "WF106"
 DEFAULT_TENANT = "global"
@@ -70,7 +71,14 @@ def parse_envelope(raw: object, *, now: datetime | None = None) -> Envelope:
     """
     log = IssueLog()
     now = now or datetime.now(UTC)
-    body = as_object(raw, "", log, "The request body") or {}
+    unusable = find_unusable(raw)
+    if unusable is None:
+        body = as_object(raw, "", log, "The request body") or {}
+    else:
+        # Callers that read the body with request_json never get here; direct callers may. Such
+        # a value is not read further (it may be too deep even to hash).
+        log.add("", "invalid_json", unusable)
+        raw, body = None, {}
     check_keys(body, TOP_LEVEL_KEYS, "", log)
     meta = _section(body, "meta", log, allowed=None)
     subject = _section(body, "subject", log, allowed=SUBJECT_KEYS)
@@ -182,8 +190,13 @@ def canonical_dumps(value: object) -> str:
 
 
 def sha256_prefixed(value: object) -> str:
-    """Return `sha256_<hex>` of the canonical JSON of `value` (meta_out hash format)."""
-    return "sha256_" + hashlib.sha256(canonical_dumps(value).encode()).hexdigest()
+    """Return `sha256_<hex>` of the canonical JSON of `value` (meta_out hash format).
+
+    A lone surrogate (JSON `"\\ud800"`) is hashed as is instead of failing to encode: the input
+    is hashed before it is validated.
+    """
+    text = canonical_dumps(value)
+    return "sha256_" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def output_envelope(

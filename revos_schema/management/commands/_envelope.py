@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 from django.core.management.base import CommandError
 
+from builder.request_json import InvalidRequestJSON, parse_request_json
+
 
 def read_envelope(path: str) -> object:
     """Return the parsed JSON of `path`, or raise CommandError with a clear message."""
     try:
-        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+        data = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
     except OSError as exc:
         raise CommandError(f"Cannot read {path}: {exc.strerror}", returncode=2) from exc
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise CommandError(f"{path} is not valid JSON: {exc}", returncode=2) from exc
+        return parse_request_json(data)
+    except InvalidRequestJSON as exc:
+        raise CommandError(f"{path}: {exc}", returncode=2) from exc

@@ -1,0 +1,94 @@
+"""Reading a request body as JSON that the rest of the system can hash, store and validate.
+
+Plain `json.loads` accepts things that break later steps: duplicate keys (which value wins is
+ambiguous), `NaN`/`Infinity` and numbers such as `1e999` (not valid in PostgreSQL's json type),
+`\\u0000` and unpaired surrogates (PostgreSQL stores neither), and nesting deep enough to exhaust
+Python's recursion limit when the value is dumped again. The webhook and the command line both
+read requests through `parse_request_json`, which refuses all of them with one clear message.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+# Far deeper than any valid envelope (about 6 levels) and far from the recursion limit.
+MAX_DEPTH = 64
+
+
+class InvalidRequestJSON(ValueError):
+    """The body cannot be used as a request; the message says why."""
+
+
+def parse_request_json(raw: bytes | str) -> object:
+    """Return the parsed body, or raise InvalidRequestJSON."""
+    try:
+        value = json.loads(
+            raw,
+            object_pairs_hook=_unique_keys,
+            parse_constant=_refuse_constant,
+            parse_float=_finite_float,
+        )
+    except InvalidRequestJSON:
+        raise
+    except RecursionError as exc:
+        raise InvalidRequestJSON(f"The body is nested deeper than {MAX_DEPTH} levels.") from exc
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+        raise InvalidRequestJSON("The body is not valid JSON.") from exc
+    problem = find_unusable(value)
+    if problem is not None:
+        raise InvalidRequestJSON(problem)
+    return value
+
+
+def find_unusable(value: object) -> str | None:
+    """Say why a parsed JSON value cannot be stored or hashed, or return None if it can."""
+    pending: list[tuple[object, int]] = [(value, 1)]
+    while pending:  # iterative: the value may be nested deeper than the stack allows
+        item, depth = pending.pop()
+        if depth > MAX_DEPTH:
+            return f"The body is nested deeper than {MAX_DEPTH} levels."
+        if isinstance(item, dict):
+            pending.extend((key, depth) for key in item)
+            pending.extend((child, depth + 1) for child in item.values())
+        elif isinstance(item, list):
+            pending.extend((child, depth + 1) for child in item)
+        elif isinstance(item, str) and not _storable_text(item):
+            return (
+                "The body contains \\u0000 or an unpaired surrogate (\\ud800-\\udfff) in a "
+                "string; PostgreSQL can store neither."
+            )
+        elif isinstance(item, float) and not math.isfinite(item):
+            return "The body contains a number that is not finite (NaN, Infinity, 1e999)."
+    return None
+
+
+def _storable_text(text: str) -> bool:
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise InvalidRequestJSON(f"Duplicate key {key[:60]!r} in a JSON object.")
+        result[key] = value
+    return result
+
+
+def _refuse_constant(name: str) -> object:
+    raise InvalidRequestJSON(f"{name} is not valid JSON.")
+
+
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise InvalidRequestJSON(f"The number {text[:40]} is out of range.")
+    return number

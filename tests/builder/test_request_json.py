@@ -1,0 +1,52 @@
+"""Reading request bodies: what json.loads accepts but the system cannot store or hash."""
+
+from __future__ import annotations
+
+import pytest
+
+from builder.request_json import MAX_DEPTH, InvalidRequestJSON, find_unusable, parse_request_json
+
+
+def test_a_plain_envelope_parses():
+    assert parse_request_json(b'{"payload": {"tables": [1, 2.5, "x", null]}}') == {
+        "payload": {"tables": [1, 2.5, "x", None]}
+    }
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        (b"{not json", "not valid JSON"),
+        (b"", "not valid JSON"),
+        (b"\xff\xfe", "not valid JSON"),
+        (b'{"a": 1, "a": 2}', "Duplicate key"),
+        (b'{"a": NaN}', "NaN"),
+        (b'{"a": -Infinity}', "Infinity"),
+        (b'{"a": 1e999}', "out of range"),
+        (b'{"a": "x\\u0000y"}', "\\u0000"),
+        (b'{"a": "\\ud800"}', "surrogate"),
+        (b'{"\\ud800": 1}', "surrogate"),
+        (b"[" * (MAX_DEPTH + 1) + b"]" * (MAX_DEPTH + 1), "deeper"),
+        (b"[" * 100_000 + b"]" * 100_000, "deeper"),
+    ],
+)
+def test_unusable_bodies_are_refused_with_a_reason(body, fragment):
+    with pytest.raises(InvalidRequestJSON, match=None) as caught:
+        parse_request_json(body)
+    assert fragment in str(caught.value)
+
+
+def test_nesting_up_to_the_limit_is_accepted():
+    body = "[" * MAX_DEPTH + "]" * MAX_DEPTH
+    value = parse_request_json(body)
+    assert find_unusable(value) is None
+
+
+def test_find_unusable_walks_values_too_deep_for_recursion():
+    value: dict = {}
+    node = value
+    for _ in range(5000):
+        node["a"] = {}
+        node = node["a"]
+    assert "deeper" in find_unusable(value)
+    assert find_unusable({"x": float("inf")}) is not None
