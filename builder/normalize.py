@@ -195,13 +195,16 @@ def _read_column(raw: object, path: str, log: IssueLog) -> ColumnDraft | None:
             sql_type = parse_type(type_text)
         except ValueError as exc:
             log.add(f"{path}.type", "not_allowed", str(exc))
+    unique = read_bool(obj, "unique", path, log, default=False)
+    if unique and sql_type is not None and not sql_type.indexable:
+        log.add(f"{path}.unique", "invalid_value", _not_indexable(sql_type, "be unique"))
     column = ColumnDraft(
         name=named[1] if named else "",
         label=named[0] if named else "",
         path=path,
         type=sql_type,
         not_null=read_bool(obj, "not_null", path, log, default=False),
-        unique=read_bool(obj, "unique", path, log, default=False),
+        unique=unique,
         default=_read_default(obj, path, sql_type, log),
         references=_read_reference(obj, path, log),
     )
@@ -333,6 +336,9 @@ def _with_default_columns(
 def _override(default: ColumnDraft, column: ColumnDraft, log: IssueLog) -> ColumnDraft:
     """Return the caller's version of a default column, with what the builder relies on enforced."""
     if default.primary_key:
+        if column.type is not None and not column.type.indexable:
+            message = _not_indexable(column.type, "be the primary key")
+            log.add(f"{column.path}.type", "invalid_value", message)
         # The primary key is NOT NULL and unique by itself; no separate UNIQUE constraint.
         return replace(column, primary_key=True, not_null=True, unique=False)
     if default.name == "tenant_id":
@@ -350,8 +356,9 @@ def _override(default: ColumnDraft, column: ColumnDraft, log: IssueLog) -> Colum
 def _check_index_columns(
     table: TableDraft, indexes: list[tuple[IndexDraft, bool]], log: IssueLog
 ) -> list[IndexDraft]:
-    """Log `unknown_reference` for index columns not in `table`; return the valid indexes."""
-    known = {c.name for c in table.columns}
+    """Log index columns not in `table` or of a type that cannot be indexed; return the valid
+    indexes."""
+    known = {c.name: c.type for c in table.columns}
     where = f"table {table.name!r}" if table.name else "this table"
     kept: list[IndexDraft] = []
     for index, valid in indexes:
@@ -359,9 +366,24 @@ def _check_index_columns(
         for m in missing:
             message = f"{where} has no column {index.columns[m]!r}"
             log.add(f"{index.path}.columns[{m}]", "unknown_reference", message)
-        if valid and not missing:
+        unindexable = [
+            (m, sql_type)
+            for m, name in enumerate(index.columns)
+            if (sql_type := known.get(name)) is not None and not sql_type.indexable
+        ]
+        for m, sql_type in unindexable:
+            message = _not_indexable(sql_type, "be indexed")
+            log.add(f"{index.path}.columns[{m}]", "invalid_value", message)
+        if valid and not missing and not unindexable:
             kept.append(index)
     return kept
+
+
+def _not_indexable(sql_type: SqlType, what: str) -> str:
+    return (
+        f"a {sql_type.canonical} column cannot {what}: PostgreSQL has no equality operator for "
+        "json; use JSONB"
+    )
 
 
 def _default_indexes(table: TableDraft) -> list[IndexDraft]:

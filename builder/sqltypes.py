@@ -29,6 +29,13 @@ MAX_DEFAULT_LENGTH = 10_000
 MAX_ARRAY_DIMENSIONS = 2
 MAX_NUMERIC_PRECISION = 1000
 MAX_CHAR_LENGTH = 10_485_760
+# PostgreSQL's limits: time zone offsets below 16 hours; NUMERIC (and so jsonb numbers) with up to
+# 131072 digits before the decimal point and 16383 after it.
+MAX_TIME_ZONE_OFFSET = dt.timedelta(hours=15, minutes=59, seconds=59)
+NUMERIC_MAX_INTEGER_DIGITS = 131_072
+NUMERIC_MAX_SCALE = 16_383
+# Types without a btree operator class: no index, UNIQUE constraint or primary key can use them.
+UNINDEXABLE_TYPES = frozenset({"JSON"})
 
 _SIMPLE_TYPES = {
     "SMALLINT": "SMALLINT",
@@ -104,6 +111,11 @@ class SqlType:
         """Return the canonical SQL text, e.g. `NUMERIC(12,2)` or `TEXT[]`."""
         params = f"({','.join(str(p) for p in self.params)})" if self.params else ""
         return f"{self.base}{params}{'[]' * self.dims}"
+
+    @property
+    def indexable(self) -> bool:
+        """Whether a btree index (index, UNIQUE, PRIMARY KEY) can be built on this type."""
+        return self.base not in UNINDEXABLE_TYPES
 
     @property
     def element(self) -> SqlType:
@@ -461,6 +473,44 @@ _ISO_DATETIME = re.compile(
     re.A,
 )
 _INTERVAL = re.compile(r"[0-9A-Za-z .:+-]{1,100}", re.A)
+_INTERVAL_FORM = re.compile(
+    r" *(?P<pairs>(?:[+-]?[0-9]{1,12} *[a-z]+ *)*?)"
+    r"(?P<clock>[+-]?[0-9]{1,6}:[0-9]{2}(?::[0-9]{2}(?:\.[0-9]{1,6})?)?)? *(?:ago)? *",
+    re.A,
+)
+_INTERVAL_PAIR = re.compile(r"([+-]?[0-9]+) *([a-z]+)", re.A)
+# Per unit: (months, days, microseconds) of one of it.
+_INTERVAL_UNITS = {
+    "microsecond": (0, 0, 1),
+    "millisecond": (0, 0, 1_000),
+    "second": (0, 0, 1_000_000),
+    "minute": (0, 0, 60_000_000),
+    "hour": (0, 0, 3_600_000_000),
+    "day": (0, 1, 0),
+    "week": (0, 7, 0),
+    "month": (1, 0, 0),
+    "year": (12, 0, 0),
+    "decade": (120, 0, 0),
+    "century": (1_200, 0, 0),
+    "millennium": (12_000, 0, 0),
+}
+_INTERVAL_UNIT_NAMES = {
+    **dict.fromkeys(("microsecond", "microseconds", "us", "usec", "usecs"), "microsecond"),
+    **dict.fromkeys(("millisecond", "milliseconds", "ms", "msec", "msecs"), "millisecond"),
+    **dict.fromkeys(("second", "seconds", "s", "sec", "secs"), "second"),
+    **dict.fromkeys(("minute", "minutes", "m", "min", "mins"), "minute"),
+    **dict.fromkeys(("hour", "hours", "h", "hr", "hrs"), "hour"),
+    **dict.fromkeys(("day", "days", "d"), "day"),
+    **dict.fromkeys(("week", "weeks", "w"), "week"),
+    **dict.fromkeys(("month", "months", "mon", "mons"), "month"),
+    **dict.fromkeys(("year", "years", "y", "yr", "yrs"), "year"),
+    **dict.fromkeys(("decade", "decades", "dec", "decs"), "decade"),
+    **dict.fromkeys(("century", "centuries", "c", "cent"), "century"),
+    **dict.fromkeys(("millennium", "millennia", "mil", "mils"), "millennium"),
+}
+_CLOCK_UNITS = frozenset({"hour", "minute", "second", "millisecond", "microsecond"})
+# Far inside PostgreSQL's int32 months and days and int64 microseconds.
+_INTERVAL_LIMITS = (10**8, 10**8, 10**17)
 _MACADDR = re.compile(r"[0-9a-f]{2}(?:([:-])[0-9a-f]{2}(?:\1[0-9a-f]{2}){4}|[0-9a-f]{10})", re.I)
 _BYTEA_HEX = re.compile(r"\\x(?:[0-9a-f]{2})*", re.I | re.A)
 
@@ -489,6 +539,11 @@ def _timestamp_text(value: str, column: SqlType) -> str:
     parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
     if column.base == "TIMESTAMP" and parsed.tzinfo is not None:
         raise ValueError(value)
+    offset = parsed.utcoffset()
+    if offset is not None and abs(offset) > MAX_TIME_ZONE_OFFSET:
+        raise IncompatibleDefaultError(
+            f"the time zone offset of {value!r} is beyond PostgreSQL's limit of +/-15:59"
+        )
     return parsed.isoformat(sep=" ")
 
 
@@ -496,10 +551,25 @@ def _json_text(value: str, column: SqlType) -> str:
     def reject(constant: str) -> object:
         raise ValueError(constant)
 
-    json.loads(value, parse_constant=reject)
-    if column.base == "JSONB" and "\\u0000" in value:
-        raise ValueError(value)
+    if column.base == "JSONB":
+        # jsonb stores numbers as NUMERIC, which refuses some that JSON allows (1e999999).
+        json.loads(value, parse_constant=reject, parse_float=_numeric, parse_int=_numeric)
+        if "\\u0000" in value:
+            raise ValueError(value)
+    else:
+        json.loads(value, parse_constant=reject)
     return value
+
+
+def _numeric(text: str) -> Decimal:
+    """Return a JSON number as a Decimal, or raise ValueError if NUMERIC cannot hold it."""
+    number = Decimal(text)
+    exponent = number.as_tuple().exponent
+    if not isinstance(exponent, int):
+        raise ValueError(text)
+    if number.adjusted() >= NUMERIC_MAX_INTEGER_DIGITS or -exponent > NUMERIC_MAX_SCALE:
+        raise ValueError(text)
+    return number
 
 
 def _text_value(value: str, column: SqlType) -> str:
@@ -509,8 +579,41 @@ def _text_value(value: str, column: SqlType) -> str:
 
 
 def _interval_text(value: str, column: SqlType) -> str:
+    """Accept `<whole number> <unit>` pairs, then maybe `[+-]H:MM[:SS[.ffffff]]`, maybe `ago`.
+
+    A subset of what PostgreSQL reads, checked so that PostgreSQL accepts all of it: each unit
+    once, a time only without hour/minute/second units, and totals far inside the interval range.
+    """
     if not _INTERVAL.fullmatch(value) or not any(c.isdigit() for c in value):
         raise ValueError(value)
+    match = _INTERVAL_FORM.fullmatch(value.lower())
+    if match is None:
+        raise IncompatibleDefaultError(
+            f"{value!r} is not an interval default of the form '1 year 2 days', '01:30:00' or "
+            "'3 days 04:05:06' (whole numbers with units, each unit once)"
+        )
+    totals = [0, 0, 0]  # months, days, microseconds: PostgreSQL's three interval fields
+    seen: set[str] = set()
+    for number, word in _INTERVAL_PAIR.findall(match.group("pairs") or ""):
+        unit = _INTERVAL_UNIT_NAMES.get(word)
+        if unit is None or unit in seen:
+            reason = "is not a unit" if unit is None else "appears twice"
+            raise IncompatibleDefaultError(f"{word!r} in the interval {value!r} {reason}")
+        seen.add(unit)
+        for field, factor in enumerate(_INTERVAL_UNITS[unit]):
+            totals[field] += abs(int(number)) * factor
+    clock = match.group("clock")
+    if clock is not None:
+        if seen & _CLOCK_UNITS:
+            raise IncompatibleDefaultError(
+                f"the interval {value!r} has both a time and hour/minute/second units"
+            )
+        hours, minutes, seconds = [*clock.lstrip("+-").split(":"), "0"][:3]
+        if int(minutes) > 59 or float(seconds) >= 60:
+            raise IncompatibleDefaultError(f"the time in the interval {value!r} is out of range")
+        totals[2] += int(hours) * 3_600_000_000 + int(minutes) * 60_000_000
+    if any(total > limit for total, limit in zip(totals, _INTERVAL_LIMITS, strict=True)):
+        raise IncompatibleDefaultError(f"the interval {value!r} is out of range")
     return value
 
 
