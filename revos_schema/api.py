@@ -6,14 +6,15 @@ answer, errors included, has the output envelope shape `{meta_out, result, audit
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
 import psycopg
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import reverse
+from django.views.defaults import page_not_found
 from drf_spectacular.utils import extend_schema
 from rest_framework import exceptions, status
 from rest_framework.authentication import TokenAuthentication
@@ -24,6 +25,7 @@ from rest_framework.views import APIView, exception_handler
 
 from builder.contract import output_envelope, parse_envelope
 from builder.errors import ValidationIssue
+from builder.request_json import InvalidRequestJSON, parse_request_json
 from revos_schema import api_docs
 from revos_schema.models import SchemaSubmission
 from revos_schema.services import submit_envelope
@@ -88,6 +90,14 @@ class SubmissionStatusView(WebhookView):
         return Response(_link(response, submission), status=status.HTTP_200_OK)
 
 
+def not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
+    """The project's 404: the envelope under /wf106/ (e.g. a submission id that is no UUID)."""
+    if request.path.startswith("/wf106/"):
+        body = _error_envelope("not_found", summary="No such resource.")
+        return JsonResponse(body, status=status.HTTP_404_NOT_FOUND)
+    return page_not_found(request, exception)
+
+
 def _read_json_body(request: Request) -> object | ValidationIssue:
     """Return the parsed JSON body, or the issue that makes it unusable."""
     limit = settings.WF106_MAX_BODY_BYTES
@@ -105,28 +115,9 @@ def _read_json_body(request: Request) -> object | ValidationIssue:
     if len(raw) > limit:
         return too_large
     try:
-        return json.loads(raw, object_pairs_hook=_unique_keys, parse_constant=_no_constants)
-    except (ValueError, RecursionError) as exc:
-        message = str(exc) if isinstance(exc, _DuplicateKey) else "The body is not valid JSON."
-        return ValidationIssue("", "invalid_json", message)
-
-
-class _DuplicateKey(ValueError):
-    pass
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """Build a JSON object, refusing duplicate keys (which would make the request ambiguous)."""
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise _DuplicateKey(f"Duplicate key {key!r} in a JSON object.")
-        result[key] = value
-    return result
-
-
-def _no_constants(name: str) -> None:
-    raise ValueError(f"{name} is not valid JSON")
+        return parse_request_json(raw)
+    except InvalidRequestJSON as exc:
+        return ValidationIssue("", "invalid_json", str(exc))
 
 
 def _link(response: dict[str, Any], submission: SchemaSubmission) -> dict[str, Any]:

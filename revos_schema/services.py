@@ -16,6 +16,7 @@ from typing import Any
 import psycopg
 from django.conf import settings
 from django.db import connections
+from django.db.models import JSONField, Value
 from psycopg_pool import ConnectionPool
 
 from builder.apply import ApplySettings
@@ -95,7 +96,8 @@ def submit_envelope(
     submission = SchemaSubmission.objects.create(
         source=source,
         actor=actor,
-        envelope=raw,
+        # A JSON `null` request is stored as JSON null; Django would write None as SQL NULL.
+        envelope=Value(None, JSONField()) if raw is None else raw,
         status="received",
     )
 

@@ -4,6 +4,8 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from revos_schema.api import SchemaBuilderView, SubmissionStatusView
 
+handler404 = "revos_schema.api.not_found"
+
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("wf106/schema-builder", SchemaBuilderView.as_view(), name="wf106-schema-builder"),
