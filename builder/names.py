@@ -7,6 +7,7 @@ keeps a readable prefix and appends a short hash of the full name (like Django's
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 
@@ -19,6 +20,8 @@ _ACRONYM_WORD = re.compile(r"([A-Z]+)([A-Z][a-z])")
 _UNDERSCORES = re.compile(r"_+")
 
 
+# Pure and called for every name: column names repeat across tables (`name`, `status`, ...).
+@functools.lru_cache(maxsize=8192)
 def to_snake_case(raw: str) -> str:
     """Return `raw` in snake_case: `displayName` -> `display_name`, `Chief Complaint` ->
     `chief_complaint`, `HTTPServer` -> `http_server`.

@@ -29,7 +29,6 @@ from builder.errors import SchemaValidationError, UnsafeSQLError, ValidationIssu
 from builder.ledger import LEDGER_TABLE
 from builder.normalize import normalize_schema, schema_hash
 from builder.spec import Schema
-from builder.sqlcheck import check_statements
 
 logger = logging.getLogger(__name__)
 
@@ -88,8 +87,8 @@ def prepare(raw: object, *, target_schema: str = "public") -> Prepared | Rejecte
     if issues or schema is None:
         return Rejected(envelope=envelope, issues=issues)
     digest = schema_hash(schema)
+    # render_migration checks every statement with the PostgreSQL parser (builder.sqlcheck).
     migration = render_migration(schema, target_schema=target_schema)
-    check_statements(migration.statements)
     return Prepared(
         envelope=envelope,
         schema=schema,

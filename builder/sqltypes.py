@@ -14,6 +14,7 @@ well-formed literal or function that does not fit the column type (`'abc'` for a
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import ipaddress
 import json
 import math
@@ -128,6 +129,8 @@ def normalize_type(raw: str) -> str:
     return parse_type(raw).canonical
 
 
+# Pure and called once per column: schemas repeat a few types thousands of times.
+@functools.lru_cache(maxsize=1024)
 def parse_type(raw: str) -> SqlType:
     """Parse an allow-listed type (case-insensitive, any spacing), or raise ValueError."""
     if not isinstance(raw, str):
