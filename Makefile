@@ -65,7 +65,7 @@ stop:
 
 bench: $(STAMP)
 	@shopt -s nullglob
-	scripts=(bench/*.py)
+	scripts=(bench/[!_]*.py)
 	if [ $${#scripts[@]} -eq 0 ]; then echo "No benchmarks in bench/."; exit 0; fi
 	$(use_database)
 	export PYTHONPATH="$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH}"

@@ -1,0 +1,271 @@
+"""SQL generation speed: normalize_schema + render_migration, and the pglast parser check.
+
+Schemas: the foundation fixture (10 tables) and synthetic schemas of 250, 500 and 1,000 tables,
+each with 20 caller columns (a mix of types, defaults, NOT NULL, a UNIQUE column, two references
+to earlier tables), 3 caller indexes, and every 10th table not tenant-scoped. The builder adds
+its default columns (id, tenant_id, created_at, updated_at, deleted_at) and indexes.
+
+Target (issue): 1,000 tables x 20 columns in under 1 s (normalize + render), growing linearly.
+
+What is timed (wall clock, median of N runs; nothing touches a database; the large schemas get
+only 3 runs, and prepare() a single one, to keep the whole script at about 3 minutes):
+- normalize: `normalize_schema(payload)`
+- render: `render_migration(schema)` as shipped; note that it calls `check_statements` itself
+  before returning, so its time includes one pglast parse of every statement
+- check: `check_statements(migration.statements)` alone; `service.prepare` calls it a second time
+  after `render_migration`, so a request pays it twice
+- prepare: `service.prepare(envelope)`, the whole pure-Python part of one request (envelope
+  parsing, normalize, render, the second check, schema hash)
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+from unittest import mock
+
+from _common import (
+    load_fixture,
+    measure,
+    print_header,
+    print_table,
+    verdict,
+)
+from pglast.parser import parse_sql_json
+
+import builder.ddl
+from builder.ddl import order_tables, render_migration
+from builder.normalize import normalize_schema
+from builder.service import Prepared, prepare
+from builder.sqlcheck import check_statements
+
+SIZES = (250, 500, 1000)
+COLUMNS_PER_TABLE = 20
+TARGET_MS = 1000.0
+TARGET_TABLES = 1000
+
+
+def synthetic_table(i: int) -> dict[str, Any]:
+    """Return table `i`: 20 columns of mixed types, 3 indexes, references to earlier tables."""
+    columns: list[dict[str, Any]] = [
+        {"name": "name", "type": "TEXT", "not_null": True},
+        {"name": "code", "type": "VARCHAR(64)", "unique": True},
+        {"name": "amount", "type": "NUMERIC(12,2)", "default": 0},
+        {"name": "quantity", "type": "INTEGER", "not_null": True, "default": 0},
+        {"name": "big_counter", "type": "BIGINT"},
+        {"name": "isActive", "type": "BOOLEAN", "not_null": True, "default": True},
+        {"name": "born_on", "type": "DATE"},
+        {"name": "seen_at", "type": "TIMESTAMPTZ", "default": "now()"},
+        {"name": "attributes", "type": "JSONB", "default": "'{}'"},
+        {"name": "tags", "type": "TEXT[]"},
+        {"name": "ratio", "type": "DOUBLE PRECISION"},
+        {"name": "score", "type": "REAL"},
+        {"name": "notes", "type": "TEXT"},
+        {"name": "client_ip", "type": "INET"},
+        {"name": "prev_id", "type": "UUID"},
+        {"name": "half_id", "type": "UUID"},
+        {"name": "external_id", "type": "UUID"},
+        {"name": "duration", "type": "INTERVAL"},
+        {"name": "status", "type": "TEXT", "not_null": True, "default": "'new'"},
+        {"name": "payload", "type": "BYTEA"},
+    ]
+    assert len(columns) == COLUMNS_PER_TABLE
+    if i > 0:
+        columns[14]["references"] = {"table": f"entity_{i - 1:04d}"}
+        columns[15]["references"] = {"table": f"entity_{i // 2:04d}", "on_delete": "SET NULL"}
+    return {
+        "name": f"entity_{i:04d}",
+        "tenant_scoped": i % 10 != 9,
+        "columns": columns,
+        "indexes": [
+            {"columns": ["name"]},
+            {"columns": ["status", "seen_at"]},
+            {"columns": ["prev_id"]},
+        ],
+    }
+
+
+def synthetic_envelope(tables: int) -> dict[str, Any]:
+    return {
+        "meta": {"tenant_id": "t_bench"},
+        "payload": {
+            "schema_version": f"bench{tables}",
+            "description": f"synthetic benchmark schema, {tables} tables",
+            "tables": [synthetic_table(i) for i in range(tables)],
+        },
+    }
+
+
+def repeats(tables: int) -> tuple[int, int]:
+    """Return (warmup, repeat) for a schema of `tables` tables.
+
+    The large schemas take seconds per run, so they get 3 runs and no warm-up of their own: the
+    same code paths were already warmed on the smaller schemas (CPython has no JIT to warm).
+    """
+    if tables <= 10:
+        return 5, 50
+    if tables <= 250:
+        return 1, 3
+    return 0, 3
+
+
+def libpg_query_parse(statements: tuple[str, ...]) -> None:
+    """Parse every statement, then all joined, with libpg_query to JSON (no Python AST objects).
+
+    Not something the builder does: a reference for how much of `check_statements` is the C
+    parser itself and how much is building pglast's Python node objects.
+    """
+    for statement in statements:
+        parse_sql_json(statement)
+    parse_sql_json(";\n".join(statements))
+
+
+def main() -> None:
+    print_header(
+        "SQL generation: normalize_schema + render_migration (+ pglast check)",
+        conninfo=None,
+        note="(not used: this benchmark is pure Python)",
+    )
+    cases: list[tuple[str, dict[str, Any]]] = [
+        ("foundation_v001", load_fixture("foundation_v001.json"))
+    ]
+    cases += [(f"synthetic x{n}", synthetic_envelope(n)) for n in SIZES]
+
+    main_rows: list[list[object]] = []
+    extra_rows: list[list[object]] = []
+    per_table: dict[str, float] = {}
+    totals: dict[str, float] = {}
+    for label, envelope in cases:
+        payload = envelope["payload"]
+        warmup, repeat = repeats(len(payload["tables"]))
+        schema = normalize_schema(copy.deepcopy(payload))
+        migration = render_migration(schema)
+        n_tables = len(schema.tables)
+        n_columns = sum(len(t.columns) for t in schema.tables)
+        caller_columns = sum(len(t["columns"]) for t in payload["tables"])
+
+        t_norm = measure(lambda p=payload: normalize_schema(p), warmup=warmup, repeat=repeat)
+        t_render = measure(lambda s=schema: render_migration(s), warmup=warmup, repeat=repeat)
+        t_check = measure(
+            lambda m=migration: check_statements(m.statements), warmup=warmup, repeat=repeat
+        )
+        # render_migration with its own internal check_statements replaced by a no-op: the pure
+        # text-generation cost.
+        with mock.patch.object(builder.ddl, "check_statements", lambda statements: None):
+            t_text = measure(lambda s=schema: render_migration(s), warmup=warmup, repeat=repeat)
+        t_order = measure(lambda s=schema: order_tables(s), warmup=warmup, repeat=repeat)
+        t_json = measure(
+            lambda m=migration: libpg_query_parse(m.statements), warmup=warmup, repeat=repeat
+        )
+        # prepare() is the sum of the steps above (plus hashing); to keep the run short it is
+        # timed once for the synthetic schemas.
+        prepare_runs = repeat if n_tables <= 10 else 1
+        t_prepare = measure(lambda e=envelope: prepare(e), warmup=0, repeat=prepare_runs)
+        assert isinstance(prepare(envelope), Prepared)
+
+        total = t_norm.median + t_render.median
+        totals[label] = total
+        per_table[label] = total * 1000 / n_tables
+        main_rows.append(
+            [
+                label,
+                n_tables,
+                f"{caller_columns:,} ({n_columns:,})",
+                len(migration.statements),
+                t_norm.median,
+                t_render.median,
+                total,
+                per_table[label],
+                t_check.median,
+                f"{repeat}",
+            ]
+        )
+        extra_rows.append(
+            [
+                label,
+                t_text.median,
+                t_order.median,
+                t_render.median - t_text.median,
+                t_check.median,
+                t_prepare.median,
+                prepare_runs,
+                t_json.median,
+                f"{len(migration.script) / 1e6:.2f}",
+            ]
+        )
+
+    print("Per schema, median ms (normalize and render timed separately; total = sum)")
+    print_table(
+        [
+            "schema",
+            "tables",
+            "columns (with defaults)",
+            "statements",
+            "normalize ms",
+            "render ms",
+            "total ms",
+            "µs/table",
+            "check ms",
+            "runs",
+        ],
+        main_rows,
+    )
+    print(
+        "render ms is render_migration as shipped: it already runs check_statements (pglast) on\n"
+        "its statements. check ms is check_statements alone, which service.prepare runs again.\n"
+    )
+
+    print("Where render and a request's preparation go, median ms")
+    print_table(
+        [
+            "schema",
+            "render text only",
+            "of which order_tables",
+            "render's own check",
+            "check again (prepare)",
+            "prepare() total",
+            "prepare() runs",
+            "libpg_query JSON parse",
+            "script MB",
+        ],
+        extra_rows,
+    )
+    print(
+        "render text only: render_migration with its internal check_statements patched out.\n"
+        "order_tables: the table ordering step inside render (quadratic in the table count).\n"
+        "render's own check: render ms minus render text only.\n"
+        "prepare() total: service.prepare(envelope) = envelope + normalize + render (with its\n"
+        "check) + a second check_statements + schema_hash: the pure-Python part of a request.\n"
+        "libpg_query JSON parse: for reference only, the same statements (each, then joined)\n"
+        "parsed by pglast.parser.parse_sql_json, i.e. the C parser without pglast's Python AST.\n"
+    )
+
+    base_label = f"synthetic x{SIZES[0]}"
+    base = per_table[base_label]
+    print(f"Linearity: µs per table relative to {base_label} (1.00 = perfectly linear)")
+    print_table(
+        ["schema", "µs/table", "ratio"],
+        [
+            [
+                f"synthetic x{n}",
+                per_table[f"synthetic x{n}"],
+                f"{per_table[f'synthetic x{n}'] / base:.2f}",
+            ]
+            for n in SIZES
+        ],
+    )
+
+    big = totals[f"synthetic x{TARGET_TABLES}"]
+    print(
+        f"Target: {TARGET_TABLES:,} tables x {COLUMNS_PER_TABLE} columns, normalize + render "
+        f"< {TARGET_MS:,.0f} ms: {big:,.0f} ms -> {verdict(big < TARGET_MS)}"
+    )
+    ratio = per_table[f"synthetic x{SIZES[-1]}"] / base
+    print(
+        f"Linear growth (µs/table at x{SIZES[-1]} within 1.25x of x{SIZES[0]}): "
+        f"{ratio:.2f}x -> {verdict(ratio <= 1.25)}"
+    )
+
+
+if __name__ == "__main__":
+    main()
