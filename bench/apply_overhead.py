@@ -157,7 +157,7 @@ def main() -> None:
         ["variant / step", "median ms", "min ms", "vs direct"],
         [
             row("run_schema_builder, end to end", "builder"),
-            row("  prepare(): envelope, normalize, render+check, check again, hash", "prepare"),
+            row("  prepare(): envelope, normalize, render+check, hash", "prepare"),
             row("  apply_attempt(): the database part", "attempt"),
             row("    the script itself (ledger execution_ms, whole ms)", "script"),
             row("    ledger ensure, lock, timeouts, lookup, catalog, ledger row", "db_extras"),
