@@ -88,6 +88,9 @@ def apply_attempt(
         raise ValueError("apply_attempt needs an idle connection (no transaction in progress)")
     started = time.monotonic()
     try:
+        already = None if attempt.force else _applied_without_lock(conn, attempt, settings)
+        if already is not None:
+            return replace(already, db_ms=_elapsed_ms(started))
         with conn.transaction():
             _lock_target(conn, settings)
             ledger.ensure_ledger(conn, settings.target_schema)
@@ -154,6 +157,30 @@ def _apply_in_transaction(
         indexes_created=indexes,
         existing_tables=tuple(t.name for t in attempt.schema.tables if t.name in before),
         reapplied=existing is not None,
+    )
+
+
+def _applied_without_lock(
+    conn: psycopg.Connection[Any], attempt: Attempt, settings: ApplySettings
+) -> ApplyResult | None:
+    """Return the noop result if this exact version is already applied, without any lock.
+
+    A `success` row is never removed or changed, so finding one needs no lock; this keeps
+    repeated identical requests (the common case for retrying services) cheap. Anything else is
+    decided under the advisory lock.
+    """
+    try:
+        with conn.transaction():
+            existing = ledger.find_applied(conn, settings.target_schema, attempt.schema.version)
+    except psycopg.errors.UndefinedTable:  # no ledger yet: the first apply creates it
+        return None
+    if existing is None or existing.schema_hash != attempt.schema_hash:
+        return None
+    return ApplyResult(
+        status=NOOP,
+        ledger_id=existing.id,
+        applied_at=existing.applied_at,
+        applied_schema_hash=existing.schema_hash,
     )
 
 

@@ -156,6 +156,8 @@ def server(target_schema: str, tmp_path: Path) -> Iterator[Server]:
         "60",
         "--graceful-timeout",
         "10",
+        # gunicorn 27 opens a control socket at a fixed path shared by every instance.
+        "--no-control-socket",
         "revos_schema.wsgi:application",
     ]
     log = tmp_path / "gunicorn.log"

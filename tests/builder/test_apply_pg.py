@@ -232,3 +232,25 @@ def test_events_are_emitted_only_for_applied(target_conn, target_schema):
     assert [e["event_type"] for e in events] == ["schema_migration_applied"]
     assert events[0]["schema_version"] == "001"
     assert events[0]["table_count"] == 1
+
+
+def test_an_applied_version_is_a_noop_even_while_another_apply_holds_the_lock(
+    target_dsn, target_conn, target_schema
+):
+    settings = settings_for(target_schema, lock_wait_ms=200)
+    assert run_schema_builder(envelope([PATIENTS]), target_conn, settings=settings).status == (
+        "applied"
+    )
+    with psycopg.connect(target_dsn, autocommit=True) as holder:
+        holder.execute(
+            "SELECT pg_advisory_lock(hashtextextended(%s, 0))", [f"wf106:{target_schema}"]
+        )
+        noop = run_schema_builder(envelope([PATIENTS]), target_conn, settings=settings)
+        # Anything that must be decided under the lock waits for it, and gives up after
+        # lock_wait_ms: a new version fails with lock_not_available and is recorded.
+        blocked = run_schema_builder(
+            envelope([PATIENTS], version="002"), target_conn, settings=settings
+        )
+    assert noop.status == "noop"
+    assert blocked.status == "failed"
+    assert blocked.error.startswith("55P03")
