@@ -65,6 +65,7 @@ from _common import (
 from psycopg import sql
 
 from builder import service
+from revos_schema.envvars import environment_without_settings
 
 URL = "/wf106/schema-builder"
 WORKERS = 2
@@ -87,18 +88,6 @@ READY_TIMEOUT_S = 30.0
 REQUEST_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 15.0
 SUBPROCESS_TIMEOUT_S = 180.0
-# The server must see only the values set here, not the caller's.
-SETTINGS_VARS = (
-    "DEBUG",
-    "SECRET_KEY",
-    "ALLOWED_HOSTS",
-    "DATABASE_URL",
-    "TARGET_DATABASE_URL",
-    "WF106_TARGET_SCHEMA",
-    "SECURE_SSL_REDIRECT",
-    "SECURE_PROXY_SSL_HEADER",
-    "LOG_LEVEL",
-)
 
 
 def database_url(conninfo: str) -> str:
@@ -144,7 +133,7 @@ def gunicorn_command(port: int) -> list[str]:
 
 
 def server_env(db_url: str, target_schema: str, secret_key: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in SETTINGS_VARS}
+    env = environment_without_settings()
     env.update(
         DJANGO_SETTINGS_MODULE="revos_schema.settings",
         DATABASE_URL=db_url,

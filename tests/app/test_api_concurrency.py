@@ -28,6 +28,7 @@ from psycopg import sql
 from rest_framework.authtoken.models import Token
 
 from builder.ledger import LEDGER_TABLE
+from revos_schema.envvars import environment_without_settings
 from revos_schema.models import SchemaEvent, SchemaSubmission
 from tests.builder.helpers import FIXTURES
 
@@ -37,17 +38,6 @@ PARALLEL = 8
 READY_TIMEOUT_S = 30.0
 REQUEST_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 15.0
-# Settings the server reads from the environment; the test's own values must not leak into it.
-SETTINGS_VARS = (
-    "DEBUG",
-    "SECRET_KEY",
-    "ALLOWED_HOSTS",
-    "DATABASE_URL",
-    "TARGET_DATABASE_URL",
-    "WF106_TARGET_SCHEMA",
-    "SECURE_SSL_REDIRECT",
-    "SECURE_PROXY_SSL_HEADER",
-)
 
 # The server only sees committed rows: no test transaction around this module's tests.
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -131,7 +121,7 @@ class Server:
 def server(target_schema: str, tmp_path: Path) -> Iterator[Server]:
     """Run gunicorn (2 workers x 4 threads) on a free loopback port, against the test database."""
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if k not in SETTINGS_VARS}
+    env = environment_without_settings()
     env.update(
         DJANGO_SETTINGS_MODULE="revos_schema.settings",
         DATABASE_URL=database_url(),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import subprocess
 import sys
@@ -16,27 +15,12 @@ from django.db import connections
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
+from revos_schema.envvars import environment_without_settings
 from revos_schema.models import SchemaSubmission
 from tests.builder.helpers import PATIENTS, envelope, load_fixture
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 URL = "/wf106/schema-builder"
-# Every variable the settings read; the deployment check sees only the ones it sets itself.
-SETTINGS_VARS = (
-    "DEBUG",
-    "SECRET_KEY",
-    "ALLOWED_HOSTS",
-    "DATABASE_URL",
-    "TARGET_DATABASE_URL",
-    "WF106_TARGET_SCHEMA",
-    "SECURE_SSL_REDIRECT",
-    "SESSION_COOKIE_SECURE",
-    "CSRF_COOKIE_SECURE",
-    "SECURE_HSTS_SECONDS",
-    "SECURE_HSTS_INCLUDE_SUBDOMAINS",
-    "SECURE_HSTS_PRELOAD",
-    "SECURE_PROXY_SSL_HEADER",
-)
 
 
 def database_url() -> str:
@@ -52,7 +36,7 @@ def database_url() -> str:
 
 
 def test_the_deployment_checks_pass_with_production_settings():
-    env = {k: v for k, v in os.environ.items() if k not in SETTINGS_VARS}
+    env = environment_without_settings()
     env.update(
         DJANGO_SETTINGS_MODULE="revos_schema.settings",
         SECRET_KEY=secrets.token_urlsafe(48),  # 64 characters, like a generated production key

@@ -3,26 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from revos_schema.envvars import environment_without_settings
 from revos_schema.settings import _db_config
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-SETTINGS_VARS = (
-    "DEBUG",
-    "SECRET_KEY",
-    "ALLOWED_HOSTS",
-    "DATABASE_URL",
-    "TARGET_DATABASE_URL",
-    "WF106_TARGET_SCHEMA",
-    "WF106_LOCK_TIMEOUT_MS",
-    "WF106_STATEMENT_TIMEOUT_MS",
-)
 SHOW_SETTINGS = """
 import json, django
 from django.conf import settings
@@ -39,7 +29,7 @@ print(json.dumps({
 
 def load_settings(**env: str) -> subprocess.CompletedProcess[str]:
     """Import the settings in a new interpreter; of the settings' variables only `env` is set."""
-    clean = {k: v for k, v in os.environ.items() if k not in SETTINGS_VARS}
+    clean = environment_without_settings()
     clean["DJANGO_SETTINGS_MODULE"] = "revos_schema.settings"
     return subprocess.run(
         [sys.executable, "-c", SHOW_SETTINGS],
@@ -109,3 +99,13 @@ def test_a_percent_encoded_host_is_a_socket_directory(url, host, port):
     assert (config["HOST"], config["PORT"]) == (host, port)
     assert (config["NAME"], config["USER"]) == ("postgres", "postgres")
     assert config["ENGINE"] == "django.db.backends.postgresql"
+
+
+def test_every_variable_the_settings_read_is_listed_in_envvars():
+    import re
+
+    from revos_schema.envvars import SETTINGS_ENV_VARS
+
+    source = (PROJECT_ROOT / "revos_schema" / "settings.py").read_text()
+    read = set(re.findall(r'env\.[a-z_]+\(\s*"([A-Z0-9_]+)"', source))
+    assert read == set(SETTINGS_ENV_VARS)
