@@ -14,20 +14,6 @@ import pytest
 from psycopg import sql
 
 
-def _conninfo(alias: str = "target") -> str:
-    from django.db import connections
-
-    s = connections[alias].settings_dict
-    params = {
-        "dbname": s["NAME"],
-        "user": s.get("USER") or "",
-        "password": s.get("PASSWORD") or "",
-        "host": s.get("HOST") or "",
-        "port": str(s.get("PORT") or ""),
-    }
-    return psycopg.conninfo.make_conninfo(**{k: v for k, v in params.items() if v})
-
-
 @pytest.fixture(scope="session")
 def close_pools_before_drop(django_db_setup: None) -> Iterator[None]:
     """Close the app's pooled target connections before pytest-django drops the test database."""
@@ -45,7 +31,9 @@ def target_dsn(
 ) -> Iterator[str]:
     """Return the conninfo of the (test) target database."""
     with django_db_blocker.unblock():  # type: ignore[attr-defined]
-        yield _conninfo()
+        from revos_schema.services import target_conninfo
+
+        yield target_conninfo()
 
 
 @pytest.fixture
