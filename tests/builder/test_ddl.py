@@ -575,6 +575,12 @@ GOOD = 'CREATE TABLE IF NOT EXISTS "s"."t" ("id" UUID)'
         ("ALTER TABLE t DROP COLUMN c", "AT_DropColumn is not allowed"),
         ("ALTER TABLE t DISABLE ROW LEVEL SECURITY", "AT_DisableRowSecurity is not allowed"),
         ("DO $$ BEGIN DROP TABLE t; END $$", "DropStmt is not allowed"),
+        ("DO $$ BEGIN IF true THEN DROP TABLE t; END IF; END $$", "DropStmt is not allowed"),
+        (
+            "DO $$ BEGIN IF true THEN ALTER TABLE t ENABLE ROW LEVEL SECURITY; "
+            "ELSE BEGIN PERFORM 1; END; END IF; END $$",
+            "PLpgSQL_stmt_perform is not allowed",
+        ),
         ("DO $$ BEGIN EXECUTE 'DROP TABLE t'; END $$", "PLpgSQL_stmt_dynexecute is not allowed"),
         ("DO $$ BEGIN IF true THEN CREATE POLICY p; END IF; END $$", "syntax error"),
         ("DO $$ BEGIN FOR i IN 1..3 LOOP END LOOP; END $$", "PLpgSQL_stmt_fori is not allowed"),
@@ -600,6 +606,25 @@ def test_check_statements_rejects(statement: str, message: str) -> None:
 def test_check_statements_rejects_a_comment_that_would_swallow_the_separator() -> None:
     with pytest.raises(UnsafeSQLError, match="statements joined: syntax error"):
         check_statements([f"{GOOD} -- a comment", 'CREATE INDEX "i" ON "s"."t" ("id")'])
+
+
+@pytest.mark.parametrize(
+    "statements",
+    [
+        # Two statements in one string, and an empty one so that the counts still agree.
+        ['CREATE TABLE "a" ("x" int); CREATE TABLE "b" ("y" int)', ""],
+        # Leading whitespace or a comment: the parser's statement does not start where ours does.
+        ['CREATE TABLE "a" ("x" int)', ' CREATE TABLE "b" ("y" int)'],
+        ['CREATE TABLE "a" ("x" int)', '/* c */ CREATE TABLE "b" ("y" int)'],
+    ],
+)
+def test_check_statements_rejects_statements_that_do_not_line_up(statements: list[str]) -> None:
+    with pytest.raises(UnsafeSQLError, match="not see it as one whole statement"):
+        check_statements(statements)
+
+
+def test_check_statements_counts_locations_in_bytes() -> None:
+    check_statements(['CREATE TABLE "tablé" ("x" int)', 'CREATE INDEX "i" ON "tablé" ("x")'])
 
 
 def test_check_statements_accepts_the_generated_sql() -> None:
