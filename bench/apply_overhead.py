@@ -4,9 +4,9 @@ The foundation fixture (10 tables) is applied to an empty target, a fresh Postgr
 run, in a scratch database:
 
 - builder: `run_schema_builder(envelope, conn, settings=ApplySettings(target_schema=...))`, end
-  to end: envelope parsing, normalize, render (with its pglast check), a second pglast check,
-  ledger creation, advisory lock, SET LOCAL timeouts, ledger lookup, catalog snapshot, the
-  script, the ledger row, the output envelope.
+  to end: envelope parsing, normalize, render (with its pglast check), ledger creation,
+  advisory lock, SET LOCAL timeouts, ledger lookup, catalog snapshot, the script, the ledger
+  row, the output envelope.
 - direct: the SAME `migration.script` text (rendered beforehand for that schema, untimed)
   executed with psycopg in one transaction: `with conn.transaction(): conn.execute(script)`.
 
@@ -78,6 +78,9 @@ def run_builder(conn: psycopg.Connection[Any], envelope: dict[str, Any]) -> dict
     apply_watch = Stopwatch(applying.apply_attempt)
     try:
         settings = applying.ApplySettings(target_schema=target)
+        # A first apply plans its payload: no plan cached by an earlier run (each run's target
+        # schema is new anyway, and the cache is per target schema).
+        service.clear_plan_cache()
         with (
             mock.patch.object(service, "prepare", prepare_watch),
             mock.patch.object(applying, "apply_attempt", apply_watch),

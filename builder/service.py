@@ -8,11 +8,13 @@ commands call. It validates and normalizes, renders and parser-checks the SQL, a
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg
 
@@ -20,6 +22,7 @@ from builder import apply as applying
 from builder.contract import (
     HTTP_STATUS,
     Envelope,
+    canonical_dumps,
     idempotency_key,
     output_envelope,
     parse_envelope,
@@ -76,19 +79,15 @@ def prepare(raw: object, *, target_schema: str = "public") -> Prepared | Rejecte
     """Validate `raw` and render its SQL, or return every validation issue."""
     envelope = parse_envelope(raw)
     issues = list(envelope.issues)
-    schema: Schema | None = None
+    plan: _Plan | None = None
     if envelope.payload is not None:
         try:
-            schema = normalize_schema(envelope.payload)
+            plan = _plan(envelope.payload, target_schema)
         except SchemaValidationError as exc:
             issues.extend(exc.issues)
-    if schema is not None:
-        issues.extend(_reserved_name_issues(schema))
-    if issues or schema is None:
+    if plan is None or issues:
         return Rejected(envelope=envelope, issues=issues)
-    digest = schema_hash(schema)
-    # render_migration checks every statement with the PostgreSQL parser (builder.sqlcheck).
-    migration = render_migration(schema, target_schema=target_schema)
+    schema, digest, migration = plan
     return Prepared(
         envelope=envelope,
         schema=schema,
@@ -96,6 +95,58 @@ def prepare(raw: object, *, target_schema: str = "public") -> Prepared | Rejecte
         idempotency_key=idempotency_key(envelope.tenant_id, schema.version, digest),
         migration=migration,
     )
+
+
+class _Plan(NamedTuple):
+    schema: Schema
+    schema_hash: str
+    migration: Migration
+
+
+PLAN_CACHE_SIZE = 32
+"""How many recently planned payloads `prepare` keeps (successful ones only)."""
+
+PLAN_CACHE_MAX_PAYLOAD = 256 * 1024
+"""Payloads whose canonical JSON is longer than this are planned every time, not cached."""
+
+_plans: OrderedDict[tuple[str, str], _Plan] = OrderedDict()
+_plans_lock = threading.Lock()
+
+
+def _plan(payload: object, target_schema: str) -> _Plan:
+    """Normalize, hash and render `payload`; raise SchemaValidationError if it is invalid.
+
+    Services retry: the same payload arrives again and again and is answered `noop`, and
+    normalizing and parser-checking it is most of such a request's cost. The result depends
+    only on the payload and the target schema, and `Schema` and `Migration` are immutable, so
+    recent successful plans are kept in a small LRU keyed by the payload's canonical JSON.
+    """
+    text = canonical_dumps(payload)
+    key = (target_schema, text) if len(text) <= PLAN_CACHE_MAX_PAYLOAD else None
+    if key is not None:
+        with _plans_lock:
+            plan = _plans.get(key)
+            if plan is not None:
+                _plans.move_to_end(key)
+                return plan
+    schema = normalize_schema(payload)
+    issues = _reserved_name_issues(schema)
+    if issues:
+        raise SchemaValidationError(issues)
+    # render_migration checks every statement with the PostgreSQL parser (builder.sqlcheck).
+    plan = _Plan(schema, schema_hash(schema), render_migration(schema, target_schema=target_schema))
+    if key is not None:
+        with _plans_lock:
+            _plans[key] = plan
+            if len(_plans) > PLAN_CACHE_SIZE:
+                _plans.popitem(last=False)
+    return plan
+
+
+def clear_plan_cache() -> None:
+    """Forget every cached plan (tests, and benchmarks that time planning itself)."""
+    with _plans_lock:
+        _plans.clear()
 
 
 def _reserved_name_issues(schema: Schema) -> list[ValidationIssue]:

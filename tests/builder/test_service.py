@@ -6,6 +6,7 @@ import re
 
 import pytest
 
+from builder import service
 from builder.contract import parse_envelope
 from builder.service import run_schema_builder
 from tests.builder.helpers import PATIENTS, envelope, load_fixture
@@ -94,3 +95,72 @@ def test_same_request_gives_same_hashes_and_sql():
     assert one.schema_hash == two.schema_hash
     assert one.migration.checksum == two.migration.checksum
     assert one.response["meta_out"]["inputs_hash"] == two.response["meta_out"]["inputs_hash"]
+
+
+# --- the plan cache: identical payloads are planned once -----------------------------------------
+
+
+@pytest.fixture
+def plans():
+    service.clear_plan_cache()
+    yield
+    service.clear_plan_cache()
+
+
+def test_an_identical_payload_reuses_its_plan_whatever_the_key_order(plans):
+    first = service.prepare(load_fixture("foundation_v001.json"))
+    reordered = load_fixture("foundation_v001.json")
+    reordered["payload"] = dict(reversed(list(reordered["payload"].items())))
+    reordered["meta"]["workflow_run_id"] = "wr_retry"
+    again = service.prepare(reordered)
+
+    assert isinstance(first, service.Prepared) and isinstance(again, service.Prepared)
+    assert again.migration is first.migration
+    assert again.schema is first.schema
+    # The envelope is the request's own.
+    assert again.envelope.workflow_run_id == "wr_retry"
+    assert again.envelope.inputs_hash != first.envelope.inputs_hash
+
+
+def test_plans_are_per_target_schema_and_per_payload(plans):
+    request = load_fixture("foundation_v001.json")
+    public = service.prepare(request)
+    other = service.prepare(request, target_schema="tenant_a")
+    changed = load_fixture("foundation_v001.json")
+    changed["payload"]["description"] = "changed"
+    described = service.prepare(changed)
+
+    assert isinstance(public, service.Prepared) and isinstance(other, service.Prepared)
+    assert isinstance(described, service.Prepared)
+    assert '"tenant_a".' in other.migration.script and '"tenant_a".' not in public.migration.script
+    assert described.migration is not public.migration
+    assert described.schema.description == "changed"
+
+
+def test_invalid_payloads_are_not_cached_and_still_report_every_issue(plans):
+    request = envelope([{**PATIENTS, "columns": [{"name": "x", "type": "TEXT; DROP TABLE y"}]}])
+    for _ in range(2):
+        outcome = service.prepare(request)
+        assert isinstance(outcome, service.Rejected)
+        assert ("payload.tables[0].columns[0].type", "not_allowed") in {
+            (i.path, i.code) for i in outcome.issues
+        }
+    assert not service._plans
+
+
+def test_the_plan_cache_is_bounded_and_skips_large_payloads(plans, monkeypatch):
+    monkeypatch.setattr(service, "PLAN_CACHE_SIZE", 2)
+    requests = [envelope([PATIENTS], version=f"1.{n}") for n in range(3)]
+    first = service.prepare(requests[0])
+    for request in requests[1:]:
+        service.prepare(request)
+    again = service.prepare(requests[0])
+    assert len(service._plans) == 2
+    assert again.migration is not first.migration  # evicted, planned anew
+
+    monkeypatch.setattr(service, "PLAN_CACHE_MAX_PAYLOAD", 10)
+    service.clear_plan_cache()
+    big = [service.prepare(requests[1]) for _ in range(2)]
+    assert big[0].migration is not big[1].migration
+    assert big[0].migration.script == big[1].migration.script
+    assert not service._plans
