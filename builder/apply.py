@@ -13,6 +13,7 @@ One apply is:
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
@@ -81,16 +82,30 @@ def advisory_lock_key(target_schema: str) -> str:
 
 
 def apply_attempt(
-    conn: psycopg.Connection[Any], attempt: Attempt, settings: ApplySettings
+    conn: psycopg.Connection[Any],
+    attempt: Attempt,
+    settings: ApplySettings,
+    *,
+    before_write: Callable[[], None] | None = None,
 ) -> ApplyResult:
-    """Apply `attempt` on `conn` (autocommit, idle) and record it; never raise for DB errors."""
+    """Apply `attempt` on `conn` (autocommit, idle) and record it; never raise for DB errors.
+
+    `before_write` is called once before anything is written to the target (the ledger, the
+    DDL), so that a caller can record the attempt first; it is not called when the version is
+    found already applied without taking the lock (the cheap, common noop).
+    """
     if conn.info.transaction_status != TransactionStatus.IDLE:
         raise ValueError("apply_attempt needs an idle connection (no transaction in progress)")
     started = time.monotonic()
     try:
         already = None if attempt.force else _applied_without_lock(conn, attempt, settings)
-        if already is not None:
-            return replace(already, db_ms=_elapsed_ms(started))
+    except psycopg.Error:
+        already = None  # decided again, and reported, under the lock below
+    if already is not None:
+        return replace(already, db_ms=_elapsed_ms(started))
+    if before_write is not None:
+        before_write()
+    try:
         with conn.transaction():
             _lock_target(conn, settings)
             ledger.ensure_ledger(conn, settings.target_schema)
@@ -167,11 +182,10 @@ def _applied_without_lock(
 
     A `success` row is never removed or changed, so finding one needs no lock; this keeps
     repeated identical requests (the common case for retrying services) cheap. Anything else is
-    decided under the advisory lock.
+    decided under the advisory lock. One autocommit statement: no transaction to open.
     """
     try:
-        with conn.transaction():
-            existing = ledger.find_applied(conn, settings.target_schema, attempt.schema.version)
+        existing = ledger.find_applied(conn, settings.target_schema, attempt.schema.version)
     except psycopg.errors.UndefinedTable:  # no ledger yet: the first apply creates it
         return None
     if existing is None or existing.schema_hash != attempt.schema_hash:

@@ -167,11 +167,14 @@ def run_schema_builder(
     *,
     settings: applying.ApplySettings | None = None,
     emit: EventSink | None = None,
+    before_write: Callable[[], None] | None = None,
 ) -> Outcome:
     """Handle one request envelope end to end and return its Outcome.
 
     `conn` is an autocommit connection to the target database; it may be None only for a
     request that turns out to be blocked or a `dry_run` preview, which never touch the target.
+    `before_write` is called once before anything is written to the target (see
+    `builder.apply.apply_attempt`); never for blocked, preview and lock-free noop answers.
     """
     settings = settings or applying.ApplySettings()
     started = time.monotonic()
@@ -187,7 +190,7 @@ def run_schema_builder(
         return _preview(prepared, started)
     if conn is None:
         raise ValueError("a connection to the target database is needed to apply")
-    result = applying.apply_attempt(conn, _attempt(prepared), settings)
+    result = applying.apply_attempt(conn, _attempt(prepared), settings, before_write=before_write)
     warnings = _warnings(result)
     if result.status == applying.APPLIED and emit is not None:
         warnings.extend(_emit_applied(emit, prepared, result))

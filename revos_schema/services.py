@@ -92,24 +92,64 @@ def target_connection() -> Iterator[psycopg.Connection[Any]]:
 def submit_envelope(
     raw: object, *, source: str, actor: str = ""
 ) -> tuple[Outcome, SchemaSubmission]:
-    """Store the request, run the builder on it, store and return the outcome."""
-    submission = SchemaSubmission.objects.create(
+    """Run the builder on the request, store it as a `SchemaSubmission`, return both.
+
+    A request that is going to write to the target is stored as `received` before it does (the
+    builder's `before_write`), so an attempt that reaches the target database is on record even
+    if this process dies during it, and is updated with its outcome afterwards. Blocked, preview
+    and noop answers never write to the target and are stored once, in their final state. If the
+    target database cannot be reached, the request is stored as `failed` and the error re-raised.
+    """
+    submission = SchemaSubmission(
         source=source,
         actor=actor,
         # A JSON `null` request is stored as JSON null; Django would write None as SQL NULL.
         envelope=Value(None, JSONField()) if raw is None else raw,
-        status="received",
+        status=SchemaSubmission.Status.RECEIVED,
     )
+
+    def record_attempt() -> None:
+        submission.save(force_insert=True)
 
     def record_event(event: dict[str, Any]) -> None:
         SchemaEvent.objects.create(
             event_type=event["event_type"], submission=submission, payload=event
         )
 
-    with target_connection() as conn:
-        outcome = run_schema_builder(raw, conn, settings=builder_settings(), emit=record_event)
+    try:
+        with target_connection() as conn:
+            outcome = run_schema_builder(
+                raw,
+                conn,
+                settings=builder_settings(),
+                emit=record_event,
+                before_write=record_attempt,
+            )
+    except psycopg.OperationalError as exc:
+        _store_unavailable(submission, exc)
+        raise
     _store_outcome(submission, outcome)
     return outcome, submission
+
+
+# Written again after the outcome is known; the request itself (`envelope`, `source`, `created_at`)
+# was written once, with the `received` row.
+_OUTCOME_FIELDS = [
+    "status",
+    "http_status",
+    "response",
+    "validation_errors",
+    "tenant_id",
+    "actor",
+    "error_message",
+    "migration_log_id",
+    "schema_version",
+    "normalized_schema",
+    "schema_hash",
+    "idempotency_key",
+    "generated_sql",
+    "updated_at",
+]
 
 
 def _store_outcome(submission: SchemaSubmission, outcome: Outcome) -> None:
@@ -128,4 +168,19 @@ def _store_outcome(submission: SchemaSubmission, outcome: Outcome) -> None:
         submission.idempotency_key = outcome.idempotency_key or ""
     if outcome.migration is not None:
         submission.generated_sql = outcome.migration.script
-    submission.save()
+    _save(submission)
+
+
+def _store_unavailable(submission: SchemaSubmission, exc: psycopg.OperationalError) -> None:
+    submission.status = SchemaSubmission.Status.FAILED
+    submission.http_status = 503
+    submission.error_message = f"target database unavailable: {exc}"
+    _save(submission)
+
+
+def _save(submission: SchemaSubmission) -> None:
+    """INSERT a submission not stored yet; otherwise UPDATE only what the outcome changes."""
+    if submission._state.adding:
+        submission.save(force_insert=True)
+    else:
+        submission.save(update_fields=_OUTCOME_FIELDS)

@@ -244,3 +244,46 @@ def test_openapi_schema_and_docs_are_served(client):
     docs = client.get("/api/docs/")
     assert docs.status_code == 200
     assert b"swagger-ui" in docs.content
+
+
+def test_an_apply_is_on_record_as_received_before_the_target_is_written(
+    client, target, monkeypatch
+):
+    import builder.ledger
+
+    seen: list[list[str]] = []
+    ensure_ledger = builder.ledger.ensure_ledger
+
+    def spy(conn, target_schema):
+        seen.append(list(SchemaSubmission.objects.values_list("status", flat=True)))
+        return ensure_ledger(conn, target_schema)
+
+    monkeypatch.setattr(builder.ledger, "ensure_ledger", spy)
+    response = post(client, load_fixture("foundation_v001.json"))
+
+    assert response.json()["result"]["status"] == "applied"
+    assert seen == [["received"]]
+    assert SchemaSubmission.objects.get().status == "applied"
+
+
+def test_an_unreachable_target_is_503_and_the_request_is_stored_failed(
+    client, target, settings, monkeypatch
+):
+    from revos_schema import services
+
+    # Port 1 on loopback: nothing listens, connecting is refused at once.
+    monkeypatch.setattr(
+        services, "target_conninfo", lambda: "host=127.0.0.1 port=1 dbname=nope user=nobody"
+    )
+    settings.WF106_TARGET_POOL_TIMEOUT_S = 0.5
+    try:
+        response = post(client, load_fixture("foundation_v001.json"))
+    finally:
+        services.close_target_pools()
+
+    assert response.status_code == 503
+    assert_envelope(response.json(), "failed")
+    assert "port=1" not in response.content.decode()
+    stored = SchemaSubmission.objects.get()
+    assert (stored.status, stored.http_status) == ("failed", 503)
+    assert stored.error_message.startswith("target database unavailable")
