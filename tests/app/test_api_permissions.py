@@ -1,0 +1,135 @@
+"""Who may call the webhook: the token query's permission answer agrees with Django's has_perm,
+and a request costs one query for the token and the permission together."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from django.contrib.auth.models import Group, Permission, User
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from rest_framework.authtoken.models import Token
+from rest_framework.test import APIClient
+
+from revos_schema.models import SchemaSubmission
+from tests.builder.helpers import PATIENTS, envelope, load_fixture
+
+URL = "/wf106/schema-builder"
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def target(settings, target_schema):
+    settings.WF106_TARGET_SCHEMA = target_schema
+    return target_schema
+
+
+def permission(codename: str) -> Permission:
+    return Permission.objects.get(content_type__app_label="revos_schema", codename=codename)
+
+
+def account(kind: str) -> User:
+    """A user of one `kind`: how (or whether) it holds submit_schema."""
+    user = User.objects.create_user(f"svc-{kind}", is_superuser=kind.startswith("superuser"))
+    if kind in ("direct", "direct-and-group"):
+        user.user_permissions.add(permission("submit_schema"))
+    if kind in ("group", "direct-and-group"):
+        group = Group.objects.create(name=f"submitters-{kind}")
+        group.permissions.add(permission("submit_schema"))
+        user.groups.add(group)
+    if kind == "other-permission":
+        user.user_permissions.add(permission("approve_schema"))
+        group = Group.objects.create(name="approvers")
+        group.permissions.add(permission("approve_schema"))
+        user.groups.add(group)
+    if kind == "empty-group":
+        user.groups.add(Group.objects.create(name="nothing"))
+    return user
+
+
+def client_for(user: User) -> APIClient:
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
+    return api
+
+
+def call(user: User, body: object):
+    return client_for(user).post(URL, data=json.dumps(body), content_type="application/json")
+
+
+KINDS = [
+    "direct",
+    "group",
+    "direct-and-group",
+    "superuser",
+    "none",
+    "other-permission",
+    "empty-group",
+]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_token_query_grants_exactly_what_has_perm_grants(target, kind):
+    user = account(kind)
+    expected = User.objects.get(pk=user.pk).has_perm("revos_schema.submit_schema")
+    assert expected == (kind not in ("none", "other-permission", "empty-group"))
+
+    response = call(user, envelope([PATIENTS], dry_run=True))
+
+    assert response.status_code == (200 if expected else 403)
+    assert SchemaSubmission.objects.exists() == expected
+
+
+@pytest.mark.parametrize("kind", ["direct", "superuser"])
+def test_an_inactive_account_is_refused_even_with_the_permission(target, kind):
+    user = account(kind)
+    user.is_active = False
+    user.save()
+    assert call(user, envelope([PATIENTS])).status_code == 401
+
+
+@pytest.mark.parametrize("kind", ["group", "none"])
+def test_with_another_authentication_backend_has_perm_decides(target, settings, kind):
+    settings.AUTHENTICATION_BACKENDS = [
+        "django.contrib.auth.backends.ModelBackend",
+        "django.contrib.auth.backends.AllowAllUsersModelBackend",
+    ]
+    api = client_for(account(kind))
+    body = json.dumps(envelope([PATIENTS], dry_run=True))
+    with CaptureQueriesContext(connection) as queries:
+        response = api.post(URL, data=body, content_type="application/json")
+    assert response.status_code == (200 if kind == "group" else 403)
+    token_query = queries.captured_queries[0]["sql"]
+    assert "authtoken_token" in token_query and "auth_group_permissions" not in token_query
+
+
+def app_queries(client_call) -> list[str]:
+    with CaptureQueriesContext(connection) as queries:
+        response = client_call()
+    return response, [q["sql"] for q in queries.captured_queries]
+
+
+def test_a_request_costs_one_query_for_token_and_permission_and_one_write(target):
+    api = client_for(account("group"))
+    body = json.dumps(load_fixture("foundation_v001.json"))
+
+    def send():
+        return api.post(URL, data=body, content_type="application/json")
+
+    applied, applied_sql = app_queries(send)
+    noop, noop_sql = app_queries(send)
+
+    assert applied.json()["result"]["status"] == "applied"
+    assert noop.json()["result"]["status"] == "noop"
+    # An apply: the token, the submission stored as `received` before the target is written,
+    # the event, and the submission's outcome.
+    assert [q.split()[0] for q in applied_sql] == ["SELECT", "INSERT", "INSERT", "UPDATE"]
+    assert "authtoken_token" in applied_sql[0] and "auth_group_permissions" in applied_sql[0]
+    assert '"envelope"' not in applied_sql[3]  # the request is written once
+    # A noop never writes to the target: the submission is written once, in its final state.
+    assert [q.split()[0] for q in noop_sql] == ["SELECT", "INSERT"]
+    stored = SchemaSubmission.objects.get(pk=noop.json()["result"]["submission_id"])
+    assert stored.status == "noop"
+    assert stored.http_status == 200
+    assert stored.response["result"]["status"] == "noop"
