@@ -40,6 +40,27 @@ def test_nesting_up_to_the_limit_is_accepted():
     body = "[" * MAX_DEPTH + "]" * MAX_DEPTH
     value = parse_request_json(body)
     assert find_unusable(value) is None
+    # Levels are containers: a scalar inside the deepest allowed one is fine.
+    assert find_unusable(parse_request_json("[" * MAX_DEPTH + '"x"' + "]" * MAX_DEPTH)) is None
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"a": [1, {"b": ["ok", "\x00"]}]},
+        {"a": [1, {"\ud800": 1}]},
+        [[["caf\u00e9", "\udfff"]]],
+        "\x00",
+        {"n": [0.5, {"m": float("nan")}]},
+        float("-inf"),
+    ],
+)
+def test_find_unusable_finds_bad_scalars_at_any_depth_keys_included(value):
+    assert find_unusable(value) is not None
+
+
+def test_find_unusable_accepts_non_ascii_text():
+    assert find_unusable({"café": ["naïve", "日本", 1.5, None, True]}) is None
 
 
 def test_find_unusable_walks_values_too_deep_for_recursion():
