@@ -17,6 +17,7 @@ by a trigger.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import heapq
 from collections.abc import Sequence
@@ -203,11 +204,19 @@ def render_create_table(table: Table, target_schema: str) -> str:
 
 def render_column(column: Column) -> str:
     """Return the definition line of `column` (NOT NULL is implied for a primary key column)."""
-    line = SQL_COLUMN.format(column=_quote(column.name), type=column.type)
-    if column.not_null and not column.primary_key:
+    not_null = column.not_null and not column.primary_key
+    return _column_line(column.name, column.type, not_null, column.default)
+
+
+# Pure, and the same column definitions (`id`, `tenant_id`, `created_at`, ...) come back in
+# table after table of a schema.
+@functools.lru_cache(maxsize=4096)
+def _column_line(name: str, sql_type: str, not_null: bool, default: str | None) -> str:
+    line = SQL_COLUMN.format(column=_quote(name), type=sql_type)
+    if not_null:
         line += " NOT NULL"
-    if column.default is not None:
-        line += f" DEFAULT {column.default}"
+    if default is not None:
+        line += f" DEFAULT {default}"
     return line
 
 
@@ -314,18 +323,25 @@ def _dollar_tag(body: str) -> str:
     return tag
 
 
+# The quoting helpers are pure and called tens of thousands of times for a large schema, mostly
+# with the same few names (column names repeat in every table, a table's name in each of its
+# statements), and psycopg's `sql` objects are comparatively slow to build and render, so the
+# results are cached. The bounds keep memory small whatever the schema.
+@functools.lru_cache(maxsize=4096)
 def _quote(name: str) -> str:
     return sql.Identifier(name).as_string(None)
 
 
 def _quote_list(columns: tuple[str, ...] | list[str]) -> str:
-    return ", ".join(_quote(c) for c in columns)
+    return ", ".join([_quote(c) for c in columns])
 
 
+@functools.lru_cache(maxsize=2048)
 def _qualified(schema_name: str, name: str) -> str:
     return sql.Identifier(schema_name, name).as_string(None)
 
 
+@functools.lru_cache(maxsize=2048)
 def _literal(value: str) -> str:
     return sql.Literal(value).as_string(None).strip()
 

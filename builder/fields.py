@@ -9,6 +9,7 @@ An optional field that is JSON `null` is treated as absent.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Collection, Mapping, Sequence
@@ -19,6 +20,8 @@ from builder.errors import ValidationIssue
 # PostgreSQL refuses user columns with the names of its system columns.
 SYSTEM_COLUMNS = frozenset({"tableoid", "xmin", "cmin", "xmax", "cmax", "ctid"})
 _PLAIN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*", re.A)
+# `dict` first: parsed JSON objects are dicts, and that check is much cheaper than the ABC's.
+_OBJECT_TYPES = (dict, Mapping)
 
 
 class IssueLog:
@@ -67,7 +70,7 @@ def shown(text: str, limit: int = 60) -> str:
 
 def as_object(value: object, path: str, log: IssueLog, what: str) -> Mapping[object, object] | None:
     """Return `value` if it is a JSON object, else log `invalid_type` and return None."""
-    if isinstance(value, Mapping):
+    if isinstance(value, _OBJECT_TYPES):
         return value
     log.add(path, "invalid_type", f"{what} must be an object, not {json_type(value)}")
     return None
@@ -150,14 +153,27 @@ def read_list(
 
 def to_identifier(raw: str, path: str, log: IssueLog, what: str) -> str | None:
     """Return `raw` in snake_case if that is a valid identifier; log `invalid_name` otherwise."""
+    name, problem = _checked_identifier(raw, what)
+    if problem is None:
+        return name
+    _log_invalid_name(raw, problem, path, log, what)
+    return None
+
+
+def _log_invalid_name(raw: str, problem: str, path: str, log: IssueLog, what: str) -> None:
+    log.add(path, "invalid_name", f"{what} name {shown(raw)} is not usable: {problem}")
+
+
+# Pure and called for every table, column, index column and reference name of a payload; the
+# same few names repeat across tables (`name`, `status`, `created_at`, ...).
+@functools.lru_cache(maxsize=8192)
+def _checked_identifier(raw: str, what: str) -> tuple[str, str | None]:
+    """Return `(snake_case, problem)` for the raw name of a `what`; `problem` is None if usable."""
     name = names.to_snake_case(raw)
     problem = _identifier_problem(name)
     if problem is None and what == "column" and name in SYSTEM_COLUMNS:
         problem = "it is the name of a PostgreSQL system column"
-    if problem is None:
-        return name
-    log.add(path, "invalid_name", f"{what} name {shown(raw)} is not usable: {problem}")
-    return None
+    return name, problem
 
 
 def _identifier_problem(name: str) -> str | None:
@@ -188,5 +204,9 @@ def read_name(
     raw = read_string(obj, key, path, log, required=required)
     if raw is None:
         return None
-    name = to_identifier(raw, key_path(path, key), log, what)
-    return None if name is None else (raw, name)
+    name, problem = _checked_identifier(raw, what)
+    if problem is None:
+        return raw, name
+    # The path is only needed for the issue: build it then, not for every valid name.
+    _log_invalid_name(raw, problem, key_path(path, key), log, what)
+    return None

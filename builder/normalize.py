@@ -47,10 +47,9 @@ from builder.spec import ON_DELETE_ACTIONS, Schema
 from builder.sqltypes import (
     IncompatibleDefaultError,
     SqlType,
+    column_default,
     is_utf8,
-    parse_default,
     parse_type,
-    render_default,
 )
 
 MAX_TABLES = 1000
@@ -66,6 +65,7 @@ COLUMN_KEYS = ("name", "type", "not_null", "unique", "default", "references")
 REFERENCE_KEYS = ("table", "column", "on_delete")
 INDEX_KEYS = ("name", "columns", "unique")
 
+_DEFAULT_TYPES = (str, int, float)  # JSON strings, numbers and booleans (bool is an int)
 _UUID = SqlType("UUID")
 _TIMESTAMPTZ = SqlType("TIMESTAMPTZ")
 
@@ -216,20 +216,18 @@ def _read_default(
 ) -> str | None:
     """Return the canonical default of a column (checked against its type when it is known)."""
     raw = obj.get("default")
-    where = f"{path}.default"
-    if raw is not None and not isinstance(raw, str | int | float):
+    if raw is None:
+        return None
+    if not isinstance(raw, _DEFAULT_TYPES):
         message = f"default must be a string, number, boolean or null, not {json_type(raw)}"
-        log.add(where, "invalid_type", message)
+        log.add(f"{path}.default", "invalid_type", message)
         return None
     try:
-        parsed = parse_default(raw)
-        if parsed is None or sql_type is None:
-            return None
-        return render_default(parsed, sql_type)
+        return column_default(raw, sql_type)
     except IncompatibleDefaultError as exc:
-        log.add(where, "invalid_value", str(exc))
+        log.add(f"{path}.default", "invalid_value", str(exc))
     except ValueError as exc:
-        log.add(where, "not_allowed", str(exc))
+        log.add(f"{path}.default", "not_allowed", str(exc))
     return None
 
 

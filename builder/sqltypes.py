@@ -107,7 +107,8 @@ class SqlType:
     params: tuple[int, ...] = ()
     dims: int = 0
 
-    @property
+    # Cached: read for every column, and `parse_type` hands out the same few instances.
+    @functools.cached_property
     def canonical(self) -> str:
         """Return the canonical SQL text, e.g. `NUMERIC(12,2)` or `TEXT[]`."""
         params = f"({','.join(str(p) for p in self.params)})" if self.params else ""
@@ -279,6 +280,38 @@ def normalize_default(raw: object, column_type: str) -> str | None:
     if parsed is None:
         return None
     return render_default(parsed, parse_type(column_type))
+
+
+def column_default(raw: object, column: SqlType | None) -> str | None:
+    """Return the canonical SQL of the default `raw` for a column of type `column`, or raise.
+
+    None means no default, or that `column` is unknown (None): then `raw` is only parsed, so that
+    a default that is not allowed at all is still reported. Raise `ValueError` or
+    `IncompatibleDefaultError` like `normalize_default`.
+    """
+    if raw is None:
+        return None
+    if isinstance(raw, _CACHED_DEFAULT_TYPES):
+        return _cached_column_default(raw, column)
+    return _column_default(raw, column)
+
+
+# Floats are not cached: 0.0 and -0.0 are equal keys that render differently.
+_CACHED_DEFAULT_TYPES = (str, int)
+
+
+# Pure and called for every column with a default: schemas repeat a few defaults (`0`, `now()`,
+# `'{}'`) thousands of times. `typed` keeps `true` and `1` apart (bool is an int).
+@functools.lru_cache(maxsize=1024, typed=True)
+def _cached_column_default(raw: str | int, column: SqlType | None) -> str | None:
+    return _column_default(raw, column)
+
+
+def _column_default(raw: object, column: SqlType | None) -> str | None:
+    parsed = parse_default(raw)
+    if parsed is None or column is None:
+        return None
+    return render_default(parsed, column)
 
 
 def parse_default(raw: object) -> ParsedDefault | None:
