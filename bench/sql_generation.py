@@ -8,7 +8,7 @@ its default columns (id, tenant_id, created_at, updated_at, deleted_at) and inde
 Target (issue): 1,000 tables x 20 columns in under 1 s (normalize + render), growing linearly.
 
 What is timed (wall clock, median of N runs; nothing touches a database; the large schemas get
-only 3 runs, and prepare() a single one, to keep the whole script at about 3 minutes):
+only 5 runs, and prepare() a single one, to keep the whole script short):
 - normalize: `normalize_schema(payload)`
 - render: `render_migration(schema)` as shipped; note that it calls `check_statements` itself
   before returning, so its time includes one pglast parse of every statement
@@ -16,11 +16,15 @@ only 3 runs, and prepare() a single one, to keep the whole script at about 3 min
 - prepare: `service.prepare(envelope)`, the whole pure-Python part of one request (envelope
   parsing, normalize, render with its check, schema hash), with its plan cache emptied first
   (an identical payload seen again is answered from the cache, see builder/service.py)
+
+Every timed run starts with the builder's caches emptied and a garbage collection (untimed),
+so it costs what a first request with that payload costs.
 """
 
 from __future__ import annotations
 
 import copy
+import gc
 from typing import Any
 from unittest import mock
 
@@ -34,6 +38,11 @@ from _common import (
 from pglast.parser import parse_sql_json
 
 import builder.ddl
+import builder.drafts
+import builder.fields
+import builder.names
+import builder.normalize
+import builder.sqltypes
 from builder.ddl import order_tables, render_migration
 from builder.normalize import normalize_schema
 from builder.service import Prepared, clear_plan_cache, prepare
@@ -99,20 +108,39 @@ def synthetic_envelope(tables: int) -> dict[str, Any]:
 def repeats(tables: int) -> tuple[int, int]:
     """Return (warmup, repeat) for a schema of `tables` tables.
 
-    The large schemas take seconds per run, so they get 3 runs and no warm-up of their own: the
+    The large schemas take up to a second per run, so they get 5 runs and no warm-up of their own: the
     same code paths were already warmed on the smaller schemas (CPython has no JIT to warm).
     """
     if tables <= 10:
         return 5, 50
     if tables <= 250:
-        return 1, 3
-    return 0, 3
+        return 1, 5
+    return 0, 5
 
 
-def uncached_prepare(envelope: dict[str, Any]) -> None:
-    """prepare() as for a payload it has not seen: its plan cache emptied first."""
+BUILDER_MODULES = (
+    builder.names,
+    builder.fields,
+    builder.sqltypes,
+    builder.drafts,
+    builder.normalize,
+    builder.ddl,
+)
+
+
+def cold_caches() -> None:
+    """Empty the builder's caches and collect garbage before a timed run (untimed).
+
+    The builder keeps bounded caches of pure per-name and per-column results and of recent
+    plans. Timing the same payload again and again would find them warm; emptied, each run
+    costs what a first request with that payload costs.
+    """
+    for module in BUILDER_MODULES:
+        for value in vars(module).values():
+            if callable(getattr(value, "cache_clear", None)):
+                value.cache_clear()
     clear_plan_cache()
-    prepare(envelope)
+    gc.collect()
 
 
 def libpg_query_parse(statements: tuple[str, ...]) -> None:
@@ -150,24 +178,41 @@ def main() -> None:
         n_columns = sum(len(t.columns) for t in schema.tables)
         caller_columns = sum(len(t["columns"]) for t in payload["tables"])
 
-        t_norm = measure(lambda p=payload: normalize_schema(p), warmup=warmup, repeat=repeat)
-        t_render = measure(lambda s=schema: render_migration(s), warmup=warmup, repeat=repeat)
+        t_norm = measure(
+            lambda p=payload: normalize_schema(p), warmup=warmup, repeat=repeat, setup=cold_caches
+        )
+        t_render = measure(
+            lambda s=schema: render_migration(s), warmup=warmup, repeat=repeat, setup=cold_caches
+        )
         t_check = measure(
-            lambda m=migration: check_statements(m.statements), warmup=warmup, repeat=repeat
+            lambda m=migration: check_statements(m.statements),
+            warmup=warmup,
+            repeat=repeat,
+            setup=cold_caches,
         )
         # render_migration with its own internal check_statements replaced by a no-op: the pure
         # text-generation cost.
         with mock.patch.object(builder.ddl, "check_statements", lambda statements: None):
-            t_text = measure(lambda s=schema: render_migration(s), warmup=warmup, repeat=repeat)
-        t_order = measure(lambda s=schema: order_tables(s), warmup=warmup, repeat=repeat)
+            t_text = measure(
+                lambda s=schema: render_migration(s),
+                warmup=warmup,
+                repeat=repeat,
+                setup=cold_caches,
+            )
+        t_order = measure(
+            lambda s=schema: order_tables(s), warmup=warmup, repeat=repeat, setup=cold_caches
+        )
         t_json = measure(
-            lambda m=migration: libpg_query_parse(m.statements), warmup=warmup, repeat=repeat
+            lambda m=migration: libpg_query_parse(m.statements),
+            warmup=warmup,
+            repeat=repeat,
+            setup=cold_caches,
         )
         # prepare() is the sum of the steps above (plus hashing); to keep the run short it is
         # timed once for the synthetic schemas.
         prepare_runs = repeat if n_tables <= 10 else 1
         t_prepare = measure(
-            lambda e=envelope: uncached_prepare(e), warmup=0, repeat=prepare_runs
+            lambda e=envelope: prepare(e), warmup=0, repeat=prepare_runs, setup=cold_caches
         )
         assert isinstance(prepare(envelope), Prepared)
 
