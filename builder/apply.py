@@ -1,11 +1,13 @@
 """Apply a rendered migration to the target database, recording every attempt in the ledger.
 
 One apply is:
-1. `ensure_ledger` in its own short transaction (under the target's advisory lock, so two first
-   applies cannot race on `CREATE TABLE IF NOT EXISTS`).
+1. Without any lock, one read of the ledger: a version already applied with the same hash is a
+   noop, answered at once (the common case of a retrying service).
 2. One transaction: the advisory lock of the target schema (so two identical requests cannot both
-   apply), `lock_timeout` and `statement_timeout` set locally, the ledger lookup (noop / conflict),
-   the DDL script and the `success` ledger row. Either all of it commits or none of it does.
+   apply, and two first applies cannot race on creating the ledger), `lock_timeout` and
+   `statement_timeout` set locally, the ledger created if missing, the ledger lookup (noop /
+   conflict), the DDL script and the `success` ledger row. Either all of it commits or none of
+   it does.
 3. On an execution error: that transaction is rolled back (the target is exactly as before) and a
    `failed` row with the error is recorded in a transaction of its own.
 """
@@ -106,9 +108,6 @@ def apply_attempt(
     if before_write is not None:
         before_write()
     try:
-        with conn.transaction():
-            _lock_target(conn, settings)
-            ledger.ensure_ledger(conn, settings.target_schema)
         result = _apply_in_transaction(conn, attempt, settings)
     except psycopg.Error as exc:
         error = describe_error(exc)
@@ -131,6 +130,7 @@ def _apply_in_transaction(
         _lock_target(conn, settings)
         _set_local(conn, "lock_timeout", f"{settings.lock_timeout_ms}ms")
         _set_local(conn, "statement_timeout", f"{settings.statement_timeout_ms}ms")
+        ledger.ensure_ledger(conn, target)
         existing = ledger.find_applied(conn, target, attempt.schema.version)
         if existing is not None and existing.schema_hash != attempt.schema_hash:
             return ApplyResult(

@@ -91,9 +91,14 @@ def ledger_table(target_schema: str) -> sql.Composable:
 def ensure_ledger(conn: psycopg.Connection[Any], target_schema: str) -> None:
     """Create the ledger table and its indexes if they do not exist (call inside a transaction)."""
     table = ledger_table(target_schema)
-    conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(target_schema)))
-    for statement in (_CREATE_LEDGER, _CREATE_ONE_SUCCESS_INDEX, _CREATE_VERSION_INDEX):
-        conn.execute(statement.format(table=table))
+    statements = [
+        sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(target_schema)),
+        _CREATE_LEDGER.format(table=table),
+        _CREATE_ONE_SUCCESS_INDEX.format(table=table),
+        _CREATE_VERSION_INDEX.format(table=table),
+    ]
+    # One round trip: no parameters, so the statements can go as one simple query.
+    conn.execute(sql.SQL(";\n").join(statements))
 
 
 def find_applied(
