@@ -108,8 +108,8 @@ def synthetic_envelope(tables: int) -> dict[str, Any]:
 def repeats(tables: int) -> tuple[int, int]:
     """Return (warmup, repeat) for a schema of `tables` tables.
 
-    The large schemas take up to a second per run, so they get 5 runs and no warm-up of their own: the
-    same code paths were already warmed on the smaller schemas (CPython has no JIT to warm).
+    The large schemas take up to a second per run, so they get 5 runs and no warm-up of their
+    own: the same code paths were already warmed on the smaller schemas (CPython has no JIT).
     """
     if tables <= 10:
         return 5, 50
