@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import copy
 import gc
+from collections.abc import Callable
 from typing import Any
 from unittest import mock
 
 from _common import (
+    Timing,
     load_fixture,
     measure,
     print_header,
@@ -178,42 +180,23 @@ def main() -> None:
         n_columns = sum(len(t.columns) for t in schema.tables)
         caller_columns = sum(len(t["columns"]) for t in payload["tables"])
 
-        t_norm = measure(
-            lambda p=payload: normalize_schema(p), warmup=warmup, repeat=repeat, setup=cold_caches
-        )
-        t_render = measure(
-            lambda s=schema: render_migration(s), warmup=warmup, repeat=repeat, setup=cold_caches
-        )
-        t_check = measure(
-            lambda m=migration: check_statements(m.statements),
-            warmup=warmup,
-            repeat=repeat,
-            setup=cold_caches,
-        )
+        def cold(func: Callable[[], object], w: int = warmup, r: int = repeat) -> Timing:
+            """Time `func`, every run starting with the builder's caches empty."""
+            return measure(func, warmup=w, repeat=r, setup=cold_caches)
+
+        t_norm = cold(lambda p=payload: normalize_schema(p))
+        t_render = cold(lambda s=schema: render_migration(s))
+        t_check = cold(lambda m=migration: check_statements(m.statements))
         # render_migration with its own internal check_statements replaced by a no-op: the pure
         # text-generation cost.
         with mock.patch.object(builder.ddl, "check_statements", lambda statements: None):
-            t_text = measure(
-                lambda s=schema: render_migration(s),
-                warmup=warmup,
-                repeat=repeat,
-                setup=cold_caches,
-            )
-        t_order = measure(
-            lambda s=schema: order_tables(s), warmup=warmup, repeat=repeat, setup=cold_caches
-        )
-        t_json = measure(
-            lambda m=migration: libpg_query_parse(m.statements),
-            warmup=warmup,
-            repeat=repeat,
-            setup=cold_caches,
-        )
+            t_text = cold(lambda s=schema: render_migration(s))
+        t_order = cold(lambda s=schema: order_tables(s))
+        t_json = cold(lambda m=migration: libpg_query_parse(m.statements))
         # prepare() is the sum of the steps above (plus hashing); to keep the run short it is
         # timed once for the synthetic schemas.
         prepare_runs = repeat if n_tables <= 10 else 1
-        t_prepare = measure(
-            lambda e=envelope: prepare(e), warmup=0, repeat=prepare_runs, setup=cold_caches
-        )
+        t_prepare = cold(lambda e=envelope: prepare(e), w=0, r=prepare_runs)
         assert isinstance(prepare(envelope), Prepared)
 
         total = t_norm.median + t_render.median
