@@ -77,7 +77,11 @@ class Rejected:
 
 def prepare(raw: object, *, target_schema: str = "public") -> Prepared | Rejected:
     """Validate `raw` and render its SQL, or return every validation issue."""
-    envelope = parse_envelope(raw)
+    return prepare_envelope(parse_envelope(raw), target_schema=target_schema)
+
+
+def prepare_envelope(envelope: Envelope, *, target_schema: str = "public") -> Prepared | Rejected:
+    """`prepare` for an envelope already parsed with `parse_envelope`."""
     issues = list(envelope.issues)
     plan: _Plan | None = None
     if envelope.payload is not None:
@@ -178,12 +182,13 @@ def run_schema_builder(
     """
     settings = settings or applying.ApplySettings()
     started = time.monotonic()
+    envelope = parse_envelope(raw)
     try:
-        prepared = prepare(raw, target_schema=settings.target_schema)
+        prepared = prepare_envelope(envelope, target_schema=settings.target_schema)
     except UnsafeSQLError as exc:
         # A generated statement failed the parser check: a builder bug; nothing was run.
         logger.exception("generated SQL failed the parser check")
-        return _unsafe_sql(parse_envelope(raw), str(exc), started)
+        return _unsafe_sql(envelope, str(exc), started)
     if isinstance(prepared, Rejected):
         return _blocked(prepared.envelope, prepared.issues, started)
     if prepared.envelope.dry_run:

@@ -164,3 +164,29 @@ def test_the_plan_cache_is_bounded_and_skips_large_payloads(plans, monkeypatch):
     assert big[0].migration is not big[1].migration
     assert big[0].migration.script == big[1].migration.script
     assert not service._plans
+
+
+def test_sql_failing_the_parser_check_is_a_failed_answer_and_runs_nothing(plans, monkeypatch):
+    from builder.errors import UnsafeSQLError
+
+    def unsafe(schema, target_schema="public"):
+        raise UnsafeSQLError("statements[3]: statement kind DropStmt is not allowed")
+
+    parsed = []
+
+    def parse_once(raw):
+        parsed.append(raw)
+        return parse_envelope(raw)
+
+    monkeypatch.setattr(service, "render_migration", unsafe)
+    monkeypatch.setattr(service, "parse_envelope", parse_once)
+    request = load_fixture("foundation_v001.json")
+
+    # No connection: reaching the database would raise.
+    outcome = run_schema_builder(request, None)
+
+    assert (outcome.status, outcome.http_status) == ("failed", 500)
+    assert "parser check" in outcome.response["result"]["summary"]
+    assert "DropStmt" not in str(outcome.response)  # the detail is logged, not answered
+    assert outcome.error == "statements[3]: statement kind DropStmt is not allowed"
+    assert len(parsed) == 1  # the envelope is read once, also on this path
