@@ -449,6 +449,7 @@ def apply_over_http(
     return {
         "http": ms,
         "server": float(answer["meta_out"]["latency_ms"]),
+        "database": float(answer["audit"]["external_calls"][0]["latency_ms"]),
         "script": float(row[0]),
     }
 
@@ -620,6 +621,7 @@ def main() -> None:
                     ]
                     for label, key in (
                         ("in server: run_schema_builder (meta_out.latency_ms)", "server"),
+                        ("in server: apply_attempt (audit.external_calls latency)", "database"),
                         ("in server: the script (ledger execution_ms)", "script"),
                     )
                 ]
