@@ -52,6 +52,13 @@ def empty_target_schema(close_target_at_end: None) -> str:
     return _fresh_target_schema(with_ledger=False)
 
 
+@pytest.fixture
+def target(settings: Any, target_schema: str) -> str:
+    """Point the app's builder settings at a fresh schema of the test target database."""
+    settings.WF106_TARGET_SCHEMA = target_schema
+    return target_schema
+
+
 @pytest.fixture(autouse=True)
 def fast_password_hashing(settings: Any) -> None:
     """Hash test passwords cheaply: the default hasher spends about a second on each one."""

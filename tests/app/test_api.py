@@ -17,12 +17,6 @@ URL = "/wf106/schema-builder"
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture
-def target(settings, target_schema):
-    settings.WF106_TARGET_SCHEMA = target_schema
-    return target_schema
-
-
 def make_token(username: str, *, permitted: bool) -> str:
     user = User.objects.create_user(username)  # a service account: not staff, no password
     if permitted:

@@ -1170,12 +1170,6 @@ def snapshot_diff(before: str, after: str) -> str:
 
 
 @pytest.fixture
-def target(settings: Any, target_schema: str) -> str:
-    settings.WF106_TARGET_SCHEMA = target_schema
-    return target_schema
-
-
-@pytest.fixture
 def client() -> APIClient:
     user = User.objects.create_user("svc-corpus")  # a service account: not staff, no password
     user.user_permissions.add(Permission.objects.get(codename="submit_schema"))

@@ -19,12 +19,6 @@ URL = "/wf106/schema-builder"
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture
-def target(settings, target_schema):
-    settings.WF106_TARGET_SCHEMA = target_schema
-    return target_schema
-
-
 def permission(codename: str) -> Permission:
     return Permission.objects.get(content_type__app_label="revos_schema", codename=codename)
 

@@ -14,13 +14,6 @@ from tests.builder.helpers import FIXTURES
 FOUNDATION = str(FIXTURES / "foundation_v001.json")
 
 
-@pytest.fixture
-def target(settings, target_schema):
-    """Point the app's builder settings at a fresh schema of the test target database."""
-    settings.WF106_TARGET_SCHEMA = target_schema
-    return target_schema
-
-
 def run(*args: str) -> tuple[str, CommandError | None]:
     out = io.StringIO()
     try:

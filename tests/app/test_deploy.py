@@ -63,12 +63,6 @@ def test_the_deployment_checks_pass_with_production_settings():
 
 
 @pytest.fixture
-def target(settings, target_schema):
-    settings.WF106_TARGET_SCHEMA = target_schema
-    return target_schema
-
-
-@pytest.fixture
 def token() -> str:
     user = User.objects.create_user("svc-secrets")
     user.user_permissions.add(Permission.objects.get(codename="submit_schema"))
