@@ -132,23 +132,13 @@ def submit_envelope(
     return outcome, submission
 
 
-# Written again after the outcome is known; the request itself (`envelope`, `source`, `created_at`)
-# was written once, with the `received` row.
+# Written again after the outcome is known: every column but the request itself, which was
+# written once, with the `received` row.
+_REQUEST_FIELDS = frozenset({"id", "created_at", "source", "envelope"})
 _OUTCOME_FIELDS = [
-    "status",
-    "http_status",
-    "response",
-    "validation_errors",
-    "tenant_id",
-    "actor",
-    "error_message",
-    "migration_log_id",
-    "schema_version",
-    "normalized_schema",
-    "schema_hash",
-    "idempotency_key",
-    "generated_sql",
-    "updated_at",
+    field.name
+    for field in SchemaSubmission._meta.concrete_fields
+    if field.name not in _REQUEST_FIELDS
 ]
 
 
