@@ -67,8 +67,8 @@ def find_unusable(value: object) -> str | None:
         if isinstance(item, dict):
             children: Iterable[object] = item.values()
             for key in item:
-                if isinstance(key, str) and not _storable_text(key):
-                    return _UNSTORABLE_TEXT
+                if (problem := _scalar_problem(key)) is not None:
+                    return problem
         elif isinstance(item, list):
             children = item
         else:

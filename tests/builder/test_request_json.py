@@ -49,6 +49,7 @@ def test_nesting_up_to_the_limit_is_accepted():
     [
         {"a": [1, {"b": ["ok", "\x00"]}]},
         {"a": [1, {"\ud800": 1}]},
+        {"a": {float("inf"): 1}},
         [[["caf\u00e9", "\udfff"]]],
         "\x00",
         {"n": [0.5, {"m": float("nan")}]},
