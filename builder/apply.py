@@ -21,6 +21,7 @@ from datetime import datetime
 from typing import Any
 
 import psycopg
+from psycopg import sql
 from psycopg.pq import TransactionStatus
 
 from builder import ledger
@@ -127,11 +128,7 @@ def _apply_in_transaction(
 ) -> ApplyResult:
     target = settings.target_schema
     with conn.transaction():
-        _lock_target(conn, settings)
-        _set_local(conn, "lock_timeout", f"{settings.lock_timeout_ms}ms")
-        _set_local(conn, "statement_timeout", f"{settings.statement_timeout_ms}ms")
-        ledger.ensure_ledger(conn, target)
-        existing = ledger.find_applied(conn, target, attempt.schema.version)
+        existing, before = _lock_and_read(conn, attempt, settings)
         if existing is not None and existing.schema_hash != attempt.schema_hash:
             return ApplyResult(
                 status=CONFLICT,
@@ -146,7 +143,6 @@ def _apply_in_transaction(
                 applied_at=existing.applied_at,
                 applied_schema_hash=existing.schema_hash,
             )
-        before = _existing_relations(conn, target)
         executed_at = time.monotonic()
         conn.execute(attempt.script.encode())
         execution_ms = _elapsed_ms(executed_at)
@@ -198,29 +194,43 @@ def _applied_without_lock(
     )
 
 
-def _lock_target(conn: psycopg.Connection[Any], settings: ApplySettings) -> None:
-    """Take the transaction-level advisory lock of the target schema, waiting a bounded time."""
-    _set_local(conn, "lock_timeout", f"{settings.lock_wait_ms}ms")
-    conn.execute(
-        "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
-        [advisory_lock_key(settings.target_schema)],
-    )
+def _lock_and_read(
+    conn: psycopg.Connection[Any], attempt: Attempt, settings: ApplySettings
+) -> tuple[ledger.LedgerRow | None, set[str]]:
+    """Start the apply transaction in one round trip; return the applied row and relations.
+
+    In order: wait at most `lock_wait_ms` for the target's transaction-level advisory lock;
+    then set `lock_timeout` and `statement_timeout` for the rest of the transaction; create the
+    ledger if it is missing; read the version's successful ledger row and the names of the
+    tables and indexes that exist in the target schema. The statements carry their values as
+    quoted literals (psycopg's `sql.Literal`) so that they can go as one simple query.
+    """
+    target = settings.target_schema
+    statements = [
+        _set_local_sql("lock_timeout", f"{settings.lock_wait_ms}ms"),
+        sql.SQL("SELECT pg_advisory_xact_lock(hashtextextended({}, 0))").format(
+            sql.Literal(advisory_lock_key(target))
+        ),
+        _set_local_sql("lock_timeout", f"{settings.lock_timeout_ms}ms"),
+        _set_local_sql("statement_timeout", f"{settings.statement_timeout_ms}ms"),
+        ledger.ensure_ledger_sql(target),
+        ledger.find_applied_sql(target, attempt.schema.version),
+        sql.SQL(
+            "SELECT c.relname FROM pg_catalog.pg_class c "
+            "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = {} AND c.relkind IN ('r', 'p', 'i', 'I')"
+        ).format(sql.Literal(target)),
+    ]
+    with conn.cursor() as cur:
+        cur.execute(sql.SQL(";\n").join(statements))
+        existing = ledger.ledger_row(cur.set_result(-2).fetchone())
+        before = {row[0] for row in cur.set_result(-1).fetchall()}
+    return existing, before
 
 
-def _set_local(conn: psycopg.Connection[Any], name: str, value: str) -> None:
+def _set_local_sql(name: str, value: str) -> sql.Composed:
     """Set a configuration parameter for the current transaction only (SET LOCAL)."""
-    conn.execute("SELECT set_config(%s, %s, true)", [name, value])
-
-
-def _existing_relations(conn: psycopg.Connection[Any], target_schema: str) -> set[str]:
-    """Return the names of the tables and indexes that exist now in the target schema."""
-    rows = conn.execute(
-        "SELECT c.relname FROM pg_catalog.pg_class c "
-        "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
-        "WHERE n.nspname = %s AND c.relkind IN ('r', 'p', 'i', 'I')",
-        [target_schema],
-    ).fetchall()
-    return {r[0] for r in rows}
+    return sql.SQL("SELECT set_config({}, {}, true)").format(sql.Literal(name), sql.Literal(value))
 
 
 def _record_failure(

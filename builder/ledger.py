@@ -13,7 +13,6 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
-from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 LEDGER_TABLE = "schema_migrations"
@@ -88,8 +87,8 @@ def ledger_table(target_schema: str) -> sql.Composable:
     return sql.Identifier(target_schema, LEDGER_TABLE)
 
 
-def ensure_ledger(conn: psycopg.Connection[Any], target_schema: str) -> None:
-    """Create the ledger table and its indexes if they do not exist (call inside a transaction)."""
+def ensure_ledger_sql(target_schema: str) -> sql.Composed:
+    """Return the statements that create the ledger and its indexes if missing, as one string."""
     table = ledger_table(target_schema)
     statements = [
         sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(target_schema)),
@@ -97,29 +96,51 @@ def ensure_ledger(conn: psycopg.Connection[Any], target_schema: str) -> None:
         _CREATE_ONE_SUCCESS_INDEX.format(table=table),
         _CREATE_VERSION_INDEX.format(table=table),
     ]
+    return sql.SQL(";\n").join(statements)
+
+
+def ensure_ledger(conn: psycopg.Connection[Any], target_schema: str) -> None:
+    """Create the ledger table and its indexes if they do not exist (call inside a transaction)."""
     # One round trip: no parameters, so the statements can go as one simple query.
-    conn.execute(sql.SQL(";\n").join(statements))
+    conn.execute(ensure_ledger_sql(target_schema))
+
+
+_FIND_APPLIED = sql.SQL(
+    'SELECT "id"::text, "version", "schema_hash", "status", "applied_at" FROM {table} '
+    'WHERE "version" = {version} AND "status" = {status}'
+)
+
+
+def find_applied_sql(target_schema: str, version: str) -> sql.Composed:
+    """Return the query for the successful row of `version` (values as quoted literals).
+
+    Literals, not parameters, so that the query can share a round trip with other statements.
+    """
+    return _FIND_APPLIED.format(
+        table=ledger_table(target_schema),
+        version=sql.Literal(version),
+        status=sql.Literal(STATUS_SUCCESS),
+    )
+
+
+def ledger_row(values: tuple[Any, ...] | None) -> LedgerRow | None:
+    """Return the LedgerRow of a row read by `find_applied_sql`, or None."""
+    if values is None:
+        return None
+    row_id, version, schema_hash, status, applied_at = values
+    return LedgerRow(
+        id=row_id, version=version, schema_hash=schema_hash, status=status, applied_at=applied_at
+    )
 
 
 def find_applied(
     conn: psycopg.Connection[Any], target_schema: str, version: str
 ) -> LedgerRow | None:
     """Return the successful row of `version`, or None."""
-    query = sql.SQL(
-        'SELECT "id"::text, "version", "schema_hash", "status", "applied_at" FROM {table} '
-        'WHERE "version" = %s AND "status" = %s'
-    ).format(table=ledger_table(target_schema))
-    with conn.cursor(row_factory=dict_row) as cur:
-        row = cur.execute(query, [version, STATUS_SUCCESS]).fetchone()
-    if row is None:
-        return None
-    return LedgerRow(
-        id=row["id"],
-        version=row["version"],
-        schema_hash=row["schema_hash"],
-        status=row["status"],
-        applied_at=row["applied_at"],
+    query = _FIND_APPLIED.format(
+        table=ledger_table(target_schema), version=sql.Placeholder(), status=sql.Placeholder()
     )
+    return ledger_row(conn.execute(query, [version, STATUS_SUCCESS]).fetchone())
 
 
 def insert_row(

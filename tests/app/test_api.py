@@ -243,16 +243,16 @@ def test_openapi_schema_and_docs_are_served(client):
 def test_an_apply_is_on_record_as_received_before_the_target_is_written(
     client, target, monkeypatch
 ):
-    import builder.ledger
+    import builder.apply
 
     seen: list[list[str]] = []
-    ensure_ledger = builder.ledger.ensure_ledger
+    lock_and_read = builder.apply._lock_and_read  # the first statement that may write
 
-    def spy(conn, target_schema):
+    def spy(conn, attempt, settings):
         seen.append(list(SchemaSubmission.objects.values_list("status", flat=True)))
-        return ensure_ledger(conn, target_schema)
+        return lock_and_read(conn, attempt, settings)
 
-    monkeypatch.setattr(builder.ledger, "ensure_ledger", spy)
+    monkeypatch.setattr(builder.apply, "_lock_and_read", spy)
     response = post(client, load_fixture("foundation_v001.json"))
 
     assert response.json()["result"]["status"] == "applied"

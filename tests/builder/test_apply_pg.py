@@ -197,6 +197,35 @@ def test_lock_on_referenced_table_fails_within_lock_timeout(target_dsn, target_c
     assert [r[1] for r in ledger_rows(target_conn, target_schema)] == ["success", "failed"]
 
 
+def test_statement_timeout_bounds_the_script_and_does_not_outlive_it(
+    target_dsn, target_conn, target_schema
+):
+    # A long lock_timeout and a short statement_timeout: the statement that waits for the lock
+    # is cancelled by the statement timeout (57014), not by the lock timeout (55P03).
+    settings = settings_for(target_schema, lock_timeout_ms=60_000, statement_timeout_ms=300)
+    assert run_schema_builder(envelope([PATIENTS]), target_conn, settings=settings).status == (
+        "applied"
+    )
+    with psycopg.connect(target_dsn) as holder:
+        holder.execute(
+            sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(
+                sql.Identifier(target_schema, "patients")
+            )
+        )
+        started = time.monotonic()
+        outcome = run_schema_builder(
+            envelope([PATIENTS, APPOINTMENTS], version="002"), target_conn, settings=settings
+        )
+        elapsed = time.monotonic() - started
+        holder.rollback()
+    assert outcome.status == "failed"
+    assert outcome.error.startswith("57014"), outcome.error  # query_canceled
+    assert elapsed < 10
+    # The timeouts were set for the apply's transaction only, not for the connection.
+    assert target_conn.execute("SHOW statement_timeout").fetchone() == ("0",)
+    assert target_conn.execute("SHOW lock_timeout").fetchone() == ("0",)
+
+
 def test_dry_run_touches_nothing(target_conn, target_schema):
     outcome = run_schema_builder(
         envelope([PATIENTS], dry_run=True), target_conn, settings=settings_for(target_schema)
