@@ -124,8 +124,9 @@ def _plan(payload: object, target_schema: str) -> _Plan:
     normalizing and parser-checking it is most of such a request's cost. The result depends
     only on the payload and the target schema, and `Schema` and `Migration` are immutable, so
     recent successful plans are kept in a small LRU keyed by the payload's canonical JSON.
+    The execution flags are not part of the plan: an apply reuses the plan of its preview.
     """
-    text = canonical_dumps(payload)
+    text = canonical_dumps(_plan_input(payload))
     key = (target_schema, text) if len(text) <= PLAN_CACHE_MAX_PAYLOAD else None
     if key is not None:
         with _plans_lock:
@@ -145,6 +146,23 @@ def _plan(payload: object, target_schema: str) -> _Plan:
             if len(_plans) > PLAN_CACHE_SIZE:
                 _plans.popitem(last=False)
     return plan
+
+
+EXECUTION_FLAGS = ("dry_run", "force_apply")
+"""Payload keys that say how to run a plan, not what it is: left out of the plan cache's key."""
+
+
+def _plan_input(payload: object) -> object:
+    """Return `payload` without its execution flags when they are booleans (or absent).
+
+    A flag of any other type is a validation error: such a payload keeps its flags in the key,
+    so that it is normalized (and rejected) instead of finding the plan of a valid payload.
+    """
+    if not isinstance(payload, dict):
+        return payload
+    if not all(isinstance(payload.get(flag, False), bool) for flag in EXECUTION_FLAGS):
+        return payload
+    return {k: v for k, v in payload.items() if k not in EXECUTION_FLAGS}
 
 
 def clear_plan_cache() -> None:

@@ -137,6 +137,35 @@ def test_plans_are_per_target_schema_and_per_payload(plans):
     assert described.schema.description == "changed"
 
 
+def test_an_apply_reuses_the_plan_of_its_preview(plans):
+    preview = load_fixture("foundation_v001.json")
+    preview["payload"]["dry_run"] = True
+    planned = service.prepare(preview)
+    applied = service.prepare(load_fixture("foundation_v001.json"))
+    forced = load_fixture("foundation_v001.json")
+    forced["payload"].update(dry_run=False, force_apply=True)
+    reapplied = service.prepare(forced)
+
+    assert isinstance(planned, service.Prepared) and isinstance(applied, service.Prepared)
+    assert isinstance(reapplied, service.Prepared)
+    assert applied.migration is planned.migration and reapplied.migration is planned.migration
+    assert len(service._plans) == 1
+    # The flags still reach the envelope: only the plan is shared.
+    assert planned.envelope.dry_run and not applied.envelope.dry_run
+    assert reapplied.envelope.force_apply
+
+
+def test_a_flag_that_is_not_a_boolean_is_rejected_even_when_its_payload_was_planned(plans):
+    assert isinstance(service.prepare(load_fixture("foundation_v001.json")), service.Prepared)
+    wrong = load_fixture("foundation_v001.json")
+    wrong["payload"]["dry_run"] = "yes"
+
+    outcome = service.prepare(wrong)
+
+    assert isinstance(outcome, service.Rejected)
+    assert [i.path for i in outcome.issues] == ["payload.dry_run"]
+
+
 def test_invalid_payloads_are_not_cached_and_still_report_every_issue(plans):
     request = envelope([{**PATIENTS, "columns": [{"name": "x", "type": "TEXT; DROP TABLE y"}]}])
     for _ in range(2):
