@@ -7,6 +7,7 @@ commands call. It validates and normalizes, renders and parser-checks the SQL, a
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -189,14 +190,15 @@ def run_schema_builder(
     *,
     settings: applying.ApplySettings | None = None,
     emit: EventSink | None = None,
-    before_write: Callable[[], None] | None = None,
+    before_write: Callable[[Prepared], None] | None = None,
 ) -> Outcome:
     """Handle one request envelope end to end and return its Outcome.
 
     `conn` is an autocommit connection to the target database; it may be None only for a
     request that turns out to be blocked or a `dry_run` preview, which never touch the target.
-    `before_write` is called once before anything is written to the target (see
-    `builder.apply.apply_attempt`); never for blocked, preview and lock-free noop answers.
+    `before_write` is called once, with the prepared request (its schema and SQL), before
+    anything is written to the target (see `builder.apply.apply_attempt`); never for blocked,
+    preview and lock-free noop answers.
     """
     settings = settings or applying.ApplySettings()
     started = time.monotonic()
@@ -213,7 +215,8 @@ def run_schema_builder(
         return _preview(prepared, started)
     if conn is None:
         raise ValueError("a connection to the target database is needed to apply")
-    result = applying.apply_attempt(conn, _attempt(prepared), settings, before_write=before_write)
+    on_write = None if before_write is None else functools.partial(before_write, prepared)
+    result = applying.apply_attempt(conn, _attempt(prepared), settings, before_write=on_write)
     warnings = _warnings(result)
     if result.status == applying.APPLIED and emit is not None:
         warnings.extend(_emit_applied(emit, prepared, result))

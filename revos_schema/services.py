@@ -20,7 +20,7 @@ from django.db.models import JSONField, Value
 from psycopg_pool import ConnectionPool
 
 from builder.apply import ApplySettings
-from builder.service import Outcome, run_schema_builder
+from builder.service import Outcome, Prepared, run_schema_builder
 from revos_schema.models import SchemaEvent, SchemaSubmission
 
 
@@ -108,7 +108,8 @@ def submit_envelope(
         status=SchemaSubmission.Status.RECEIVED,
     )
 
-    def record_attempt() -> None:
+    def record_attempt(prepared: Prepared) -> None:
+        _record_request(submission, prepared)
         submission.save(force_insert=True)
 
     def record_event(event: dict[str, Any]) -> None:
@@ -132,14 +133,41 @@ def submit_envelope(
     return outcome, submission
 
 
-# Written again after the outcome is known: every column but the request itself, which was
-# written once, with the `received` row.
+# What a submission says about the request: written once, with the first row stored.
 _REQUEST_FIELDS = frozenset({"id", "created_at", "source", "envelope"})
+# What the builder made of it (`_record_request`): known before the target is written, so an
+# attempt is on record with its SQL before it runs.
+_PLAN_FIELDS = frozenset(
+    {
+        "actor",
+        "tenant_id",
+        "schema_version",
+        "normalized_schema",
+        "schema_hash",
+        "idempotency_key",
+        "generated_sql",
+    }
+)
+# The outcome: the only columns written again when a `received` row is updated.
 _OUTCOME_FIELDS = [
     field.name
     for field in SchemaSubmission._meta.concrete_fields
-    if field.name not in _REQUEST_FIELDS
+    if field.name not in _REQUEST_FIELDS | _PLAN_FIELDS
 ]
+
+
+def _record_request(submission: SchemaSubmission, planned: Prepared | Outcome) -> None:
+    """Set the plan fields (`_PLAN_FIELDS`) from a prepared request or an outcome."""
+    envelope = planned.envelope
+    submission.tenant_id = envelope.tenant_id
+    submission.actor = submission.actor or (envelope.actor_id or "")
+    if planned.schema is not None:
+        submission.schema_version = planned.schema.version
+        submission.normalized_schema = planned.schema.to_dict()
+        submission.schema_hash = planned.schema_hash or ""
+        submission.idempotency_key = planned.idempotency_key or ""
+    if planned.migration is not None:
+        submission.generated_sql = planned.migration.script
 
 
 def _store_outcome(submission: SchemaSubmission, outcome: Outcome) -> None:
@@ -147,17 +175,10 @@ def _store_outcome(submission: SchemaSubmission, outcome: Outcome) -> None:
     submission.http_status = outcome.http_status
     submission.response = outcome.response
     submission.validation_errors = outcome.validation_errors
-    submission.tenant_id = outcome.envelope.tenant_id
-    submission.actor = submission.actor or (outcome.envelope.actor_id or "")
     submission.error_message = outcome.error or ""
     submission.migration_log_id = outcome.migration_log_id
-    if outcome.schema is not None:
-        submission.schema_version = outcome.schema.version
-        submission.normalized_schema = outcome.schema.to_dict()
-        submission.schema_hash = outcome.schema_hash or ""
-        submission.idempotency_key = outcome.idempotency_key or ""
-    if outcome.migration is not None:
-        submission.generated_sql = outcome.migration.script
+    if submission._state.adding:
+        _record_request(submission, outcome)
     _save(submission)
 
 
@@ -169,7 +190,7 @@ def _store_unavailable(submission: SchemaSubmission, exc: psycopg.OperationalErr
 
 
 def _save(submission: SchemaSubmission) -> None:
-    """INSERT a submission not stored yet; otherwise UPDATE only what the outcome changes."""
+    """INSERT a submission not stored yet; otherwise UPDATE only the outcome's columns."""
     if submission._state.adding:
         submission.save(force_insert=True)
     else:

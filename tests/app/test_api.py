@@ -249,15 +249,22 @@ def test_an_apply_is_on_record_as_received_before_the_target_is_written(
     lock_and_read = builder.apply._lock_and_read  # the first statement that may write
 
     def spy(conn, attempt, settings):
-        seen.append(list(SchemaSubmission.objects.values_list("status", flat=True)))
+        seen.extend(
+            SchemaSubmission.objects.values_list("status", "generated_sql", "schema_version")
+        )
         return lock_and_read(conn, attempt, settings)
 
     monkeypatch.setattr(builder.apply, "_lock_and_read", spy)
     response = post(client, load_fixture("foundation_v001.json"))
 
     assert response.json()["result"]["status"] == "applied"
-    assert seen == [["received"]]
-    assert SchemaSubmission.objects.get().status == "applied"
+    stored = SchemaSubmission.objects.get()
+    # On record before the first write, with the SQL it is about to run.
+    assert seen == [("received", stored.generated_sql, "001")]
+    assert stored.generated_sql.startswith("-- WF106 schema v001")
+    assert stored.status == "applied"
+    assert stored.normalized_schema["version"] == "001"
+    assert stored.response["result"]["status"] == "applied"
 
 
 def test_an_unreachable_target_is_503_and_the_request_is_stored_failed(
