@@ -100,16 +100,18 @@ def apply_attempt(
     if conn.info.transaction_status != TransactionStatus.IDLE:
         raise ValueError("apply_attempt needs an idle connection (no transaction in progress)")
     started = time.monotonic()
-    try:
-        already = None if attempt.force else _applied_without_lock(conn, attempt, settings)
-    except psycopg.Error:
-        already = None  # decided again, and reported, under the lock below
-    if already is not None:
-        return replace(already, db_ms=_elapsed_ms(started))
+    ledger_found = False
+    if not attempt.force:
+        try:
+            already, ledger_found = _applied_without_lock(conn, attempt, settings)
+        except psycopg.Error:
+            already = None  # decided again, and reported, under the lock below
+        if already is not None:
+            return replace(already, db_ms=_elapsed_ms(started))
     if before_write is not None:
         before_write()
     try:
-        result = _apply_in_transaction(conn, attempt, settings)
+        result = _apply_in_transaction(conn, attempt, settings, create_ledger=not ledger_found)
     except psycopg.Error as exc:
         error = describe_error(exc)
         ledger_id, applied_at = _record_failure(conn, attempt, settings, error, started)
@@ -124,11 +126,11 @@ def apply_attempt(
 
 
 def _apply_in_transaction(
-    conn: psycopg.Connection[Any], attempt: Attempt, settings: ApplySettings
+    conn: psycopg.Connection[Any], attempt: Attempt, settings: ApplySettings, *, create_ledger: bool
 ) -> ApplyResult:
     target = settings.target_schema
     with conn.transaction():
-        existing, before = _lock_and_read(conn, attempt, settings)
+        existing, before = _lock_and_read(conn, attempt, settings, create_ledger=create_ledger)
         if existing is not None and existing.schema_hash != attempt.schema_hash:
             return ApplyResult(
                 status=CONFLICT,
@@ -143,22 +145,24 @@ def _apply_in_transaction(
                 applied_at=existing.applied_at,
                 applied_schema_hash=existing.schema_hash,
             )
-        executed_at = time.monotonic()
-        conn.execute(attempt.script.encode())
-        execution_ms = _elapsed_ms(executed_at)
         status = ledger.STATUS_REAPPLIED if existing is not None else ledger.STATUS_SUCCESS
         tables = tuple(t.name for t in attempt.schema.tables if t.name not in before)
         indexes = tuple(
             i.name for t in attempt.schema.tables for i in t.indexes if i.name not in before
         )
-        row = _ledger_row(attempt, status, execution_ms=execution_ms)
+        row = _ledger_row(attempt, status, execution_ms=None)
         metadata = {
             **row.metadata,
             "tables_created": list(tables),
             "indexes_created": list(indexes),
         }
         row = replace(row, metadata=metadata)
-        ledger_id, applied_at = ledger.insert_row(conn, target, row)
+        # The script and its ledger row in one round trip: the row's INSERT runs only if every
+        # statement of the script succeeded, and records the server's time for the script.
+        record = ledger.insert_row_sql(target, row).as_bytes(conn)
+        with conn.cursor() as cur:
+            cur.execute(attempt.script.encode() + b";\n" + record)
+            ledger_id, applied_at = ledger.inserted_row(cur.set_result(-1).fetchone())
     return ApplyResult(
         status=APPLIED,
         ledger_id=ledger_id,
@@ -173,37 +177,44 @@ def _apply_in_transaction(
 
 def _applied_without_lock(
     conn: psycopg.Connection[Any], attempt: Attempt, settings: ApplySettings
-) -> ApplyResult | None:
+) -> tuple[ApplyResult | None, bool]:
     """Return the noop result if this exact version is already applied, without any lock.
 
     A `success` row is never removed or changed, so finding one needs no lock; this keeps
     repeated identical requests (the common case for retrying services) cheap. Anything else is
-    decided under the advisory lock. One autocommit statement: no transaction to open.
+    decided under the advisory lock. One autocommit statement: no transaction to open. The
+    second value tells whether the ledger table exists (the builder never drops it).
     """
     try:
         existing = ledger.find_applied(conn, settings.target_schema, attempt.schema.version)
     except psycopg.errors.UndefinedTable:  # no ledger yet: the first apply creates it
-        return None
+        return None, False
     if existing is None or existing.schema_hash != attempt.schema_hash:
-        return None
-    return ApplyResult(
+        return None, True
+    noop = ApplyResult(
         status=NOOP,
         ledger_id=existing.id,
         applied_at=existing.applied_at,
         applied_schema_hash=existing.schema_hash,
     )
+    return noop, True
 
 
 def _lock_and_read(
-    conn: psycopg.Connection[Any], attempt: Attempt, settings: ApplySettings
+    conn: psycopg.Connection[Any],
+    attempt: Attempt,
+    settings: ApplySettings,
+    *,
+    create_ledger: bool = True,
 ) -> tuple[ledger.LedgerRow | None, set[str]]:
     """Start the apply transaction in one round trip; return the applied row and relations.
 
     In order: wait at most `lock_wait_ms` for the target's transaction-level advisory lock;
     then set `lock_timeout` and `statement_timeout` for the rest of the transaction; create the
-    ledger if it is missing; read the version's successful ledger row and the names of the
-    tables and indexes that exist in the target schema. The statements carry their values as
-    quoted literals (psycopg's `sql.Literal`) so that they can go as one simple query.
+    ledger if it is missing (unless `create_ledger` is false: the caller just read it); read
+    the version's successful ledger row and the names of the tables and indexes that exist in
+    the target schema. The statements carry their values as quoted literals (psycopg's
+    `sql.Literal`) so that they can go as one simple query.
     """
     target = settings.target_schema
     statements = [
@@ -213,7 +224,7 @@ def _lock_and_read(
         ),
         _set_local_sql("lock_timeout", f"{settings.lock_timeout_ms}ms"),
         _set_local_sql("statement_timeout", f"{settings.statement_timeout_ms}ms"),
-        ledger.ensure_ledger_sql(target),
+        *([ledger.ensure_ledger_sql(target)] if create_ledger else []),
         ledger.find_applied_sql(target, attempt.schema.version),
         sql.SQL(
             "SELECT c.relname FROM pg_catalog.pg_class c "
@@ -253,7 +264,7 @@ def _record_failure(
         return None, None
 
 
-def _ledger_row(attempt: Attempt, status: str, *, execution_ms: int) -> ledger.NewLedgerRow:
+def _ledger_row(attempt: Attempt, status: str, *, execution_ms: int | None) -> ledger.NewLedgerRow:
     schema = attempt.schema
     return ledger.NewLedgerRow(
         version=schema.version,

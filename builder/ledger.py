@@ -143,19 +143,24 @@ def find_applied(
     return ledger_row(conn.execute(query, [version, STATUS_SUCCESS]).fetchone())
 
 
-def insert_row(
-    conn: psycopg.Connection[Any], target_schema: str, row: NewLedgerRow
-) -> tuple[str, datetime]:
-    """Insert one ledger row and return its id and `applied_at`."""
-    query = sql.SQL(
-        "INSERT INTO {table} "
-        '("version", "description", "applied_by", "checksum", "status", "sql_script", '
-        '"schema_hash", "idempotency_key", "tenant_id", "workflow_run_id", "metadata", '
-        '"error_message", "execution_ms") '
-        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
-        'RETURNING "id"::text, "applied_at"'
-    ).format(table=ledger_table(target_schema))
-    params = [
+_INSERT_ROW = sql.SQL(
+    "INSERT INTO {table} "
+    '("version", "description", "applied_by", "checksum", "status", "sql_script", '
+    '"schema_hash", "idempotency_key", "tenant_id", "workflow_run_id", "metadata", '
+    '"error_message", "execution_ms") '
+    "VALUES ({values}) "
+    'RETURNING "id"::text, "applied_at"'
+)
+
+# The time since the server received the current query message: appended to the script it
+# follows, the INSERT records how long the server took to run that script.
+SERVER_ELAPSED_MS = sql.SQL(
+    "(extract(epoch FROM clock_timestamp() - statement_timestamp()) * 1000)::integer"
+)
+
+
+def _row_values(row: NewLedgerRow) -> list[Any]:
+    return [
         row.version,
         row.description,
         row.applied_by,
@@ -170,6 +175,34 @@ def insert_row(
         row.error_message,
         row.execution_ms,
     ]
-    result = conn.execute(query, params).fetchone()
-    assert result is not None  # INSERT ... RETURNING always returns the row
-    return result[0], result[1]
+
+
+def insert_row(
+    conn: psycopg.Connection[Any], target_schema: str, row: NewLedgerRow
+) -> tuple[str, datetime]:
+    """Insert one ledger row and return its id and `applied_at`."""
+    values = _row_values(row)
+    query = _INSERT_ROW.format(
+        table=ledger_table(target_schema),
+        values=sql.SQL(", ").join(sql.Placeholder() for _ in values),
+    )
+    return inserted_row(conn.execute(query, values).fetchone())
+
+
+def insert_row_sql(target_schema: str, row: NewLedgerRow) -> sql.Composed:
+    """Return the INSERT of `insert_row` with its values as quoted literals.
+
+    It can then go in one simple query after the script it records, so `execution_ms` is the
+    server's own time for that script (`SERVER_ELAPSED_MS`); `row.execution_ms` is ignored.
+    """
+    values: list[sql.Composable] = [sql.Literal(v) for v in _row_values(row)[:-1]]
+    return _INSERT_ROW.format(
+        table=ledger_table(target_schema),
+        values=sql.SQL(", ").join([*values, SERVER_ELAPSED_MS]),
+    )
+
+
+def inserted_row(values: tuple[Any, ...] | None) -> tuple[str, datetime]:
+    """Return the id and `applied_at` of the row that an INSERT of this module returned."""
+    assert values is not None  # INSERT ... RETURNING always returns the row
+    return values[0], values[1]

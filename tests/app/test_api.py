@@ -248,11 +248,11 @@ def test_an_apply_is_on_record_as_received_before_the_target_is_written(
     seen: list[list[str]] = []
     lock_and_read = builder.apply._lock_and_read  # the first statement that may write
 
-    def spy(conn, attempt, settings):
+    def spy(conn, attempt, settings, **options):
         seen.extend(
             SchemaSubmission.objects.values_list("status", "generated_sql", "schema_version")
         )
-        return lock_and_read(conn, attempt, settings)
+        return lock_and_read(conn, attempt, settings, **options)
 
     monkeypatch.setattr(builder.apply, "_lock_and_read", spy)
     response = post(client, load_fixture("foundation_v001.json"))

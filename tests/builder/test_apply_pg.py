@@ -197,6 +197,35 @@ def test_lock_on_referenced_table_fails_within_lock_timeout(target_dsn, target_c
     assert [r[1] for r in ledger_rows(target_conn, target_schema)] == ["success", "failed"]
 
 
+def test_the_ledger_row_keeps_caller_text_exactly_and_the_server_time_of_the_script(
+    target_conn, target_schema
+):
+    # The row is sent as literals with the script (one round trip): quoting must be exact.
+    description = "O'Brien's \\ \"schema\"; DROP TABLE patients; -- 漢字 \u00e9"
+    request = envelope([PATIENTS], description=description)
+    request["context"]["actor_id"] = "ops'; SELECT 1; --"
+    started = time.monotonic()
+    outcome = run_schema_builder(request, target_conn, settings=settings_for(target_schema))
+    wall_ms = (time.monotonic() - started) * 1000
+
+    assert outcome.status == "applied"
+    row = target_conn.execute(
+        sql.SQL(
+            "SELECT description, applied_by, sql_script, execution_ms, metadata "
+            "FROM {} WHERE id = %s"
+        ).format(sql.Identifier(target_schema, "schema_migrations")),
+        [outcome.migration_log_id],
+    ).fetchone()
+    assert row is not None
+    stored_description, applied_by, script, execution_ms, metadata = row
+    assert stored_description == description
+    assert applied_by == "ops'; SELECT 1; --"
+    assert script == outcome.migration.script
+    assert 0 <= execution_ms <= wall_ms
+    assert metadata["tables_created"] == ["patients"]
+    assert "patients" in relations(target_conn, target_schema)
+
+
 def test_statement_timeout_bounds_the_script_and_does_not_outlive_it(
     target_dsn, target_conn, target_schema
 ):
