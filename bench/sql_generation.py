@@ -30,11 +30,13 @@ from typing import Any
 from unittest import mock
 
 from _common import (
+    COLUMNS_PER_TABLE,
     Timing,
     load_fixture,
     measure,
     print_header,
     print_table,
+    synthetic_envelope,
     verdict,
 )
 from pglast.parser import parse_sql_json
@@ -51,60 +53,8 @@ from builder.service import Prepared, clear_plan_cache, prepare
 from builder.sqlcheck import check_statements
 
 SIZES = (250, 500, 1000)
-COLUMNS_PER_TABLE = 20
 TARGET_MS = 1000.0
 TARGET_TABLES = 1000
-
-
-def synthetic_table(i: int) -> dict[str, Any]:
-    """Return table `i`: 20 columns of mixed types, 3 indexes, references to earlier tables."""
-    columns: list[dict[str, Any]] = [
-        {"name": "name", "type": "TEXT", "not_null": True},
-        {"name": "code", "type": "VARCHAR(64)", "unique": True},
-        {"name": "amount", "type": "NUMERIC(12,2)", "default": 0},
-        {"name": "quantity", "type": "INTEGER", "not_null": True, "default": 0},
-        {"name": "big_counter", "type": "BIGINT"},
-        {"name": "isActive", "type": "BOOLEAN", "not_null": True, "default": True},
-        {"name": "born_on", "type": "DATE"},
-        {"name": "seen_at", "type": "TIMESTAMPTZ", "default": "now()"},
-        {"name": "attributes", "type": "JSONB", "default": "'{}'"},
-        {"name": "tags", "type": "TEXT[]"},
-        {"name": "ratio", "type": "DOUBLE PRECISION"},
-        {"name": "score", "type": "REAL"},
-        {"name": "notes", "type": "TEXT"},
-        {"name": "client_ip", "type": "INET"},
-        {"name": "prev_id", "type": "UUID"},
-        {"name": "half_id", "type": "UUID"},
-        {"name": "external_id", "type": "UUID"},
-        {"name": "duration", "type": "INTERVAL"},
-        {"name": "status", "type": "TEXT", "not_null": True, "default": "'new'"},
-        {"name": "payload", "type": "BYTEA"},
-    ]
-    assert len(columns) == COLUMNS_PER_TABLE
-    if i > 0:
-        columns[14]["references"] = {"table": f"entity_{i - 1:04d}"}
-        columns[15]["references"] = {"table": f"entity_{i // 2:04d}", "on_delete": "SET NULL"}
-    return {
-        "name": f"entity_{i:04d}",
-        "tenant_scoped": i % 10 != 9,
-        "columns": columns,
-        "indexes": [
-            {"columns": ["name"]},
-            {"columns": ["status", "seen_at"]},
-            {"columns": ["prev_id"]},
-        ],
-    }
-
-
-def synthetic_envelope(tables: int) -> dict[str, Any]:
-    return {
-        "meta": {"tenant_id": "t_bench"},
-        "payload": {
-            "schema_version": f"bench{tables}",
-            "description": f"synthetic benchmark schema, {tables} tables",
-            "tables": [synthetic_table(i) for i in range(tables)],
-        },
-    }
 
 
 def repeats(tables: int) -> tuple[int, int]:
