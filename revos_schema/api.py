@@ -37,21 +37,9 @@ logger = logging.getLogger(__name__)
 SUBMIT_PERMISSION = "revos_schema.submit_schema"
 
 # Does user %s hold permission %s (codename) of app %s, directly or through one of its groups?
-# The tables are those of django.contrib.auth's own User, Group and Permission models.
-_HOLDS_PERMISSION_SQL = """
-SELECT EXISTS (
-    SELECT 1 FROM auth_user_user_permissions up
-    JOIN auth_permission p ON p.id = up.permission_id
-    JOIN django_content_type ct ON ct.id = p.content_type_id
-    WHERE up.user_id = %s AND p.codename = %s AND ct.app_label = %s
-) OR EXISTS (
-    SELECT 1 FROM auth_user_groups ug
-    JOIN auth_group_permissions gp ON gp.group_id = ug.group_id
-    JOIN auth_permission p ON p.id = gp.permission_id
-    JOIN django_content_type ct ON ct.id = p.content_type_id
-    WHERE ug.user_id = %s AND p.codename = %s AND ct.app_label = %s
-)
-"""
+# The rule is ModelBackend's, over django.contrib.auth's own tables; the function is created by
+# migration 0002 (PL/pgSQL, so its query's plan is kept for the life of the connection).
+_HOLDS_PERMISSION_SQL = "SELECT revos_schema_holds_permission(%s, %s, %s)"
 
 
 class CanSubmitSchema(BasePermission):
@@ -61,7 +49,8 @@ class CanSubmitSchema(BasePermission):
     large share of a webhook request's cost. With Django's own user model and `ModelBackend`
     as the only authentication backend (this project's settings), the same rule (an active
     superuser holds everything; otherwise the permission is held directly or through a group)
-    is one static query. With anything else configured, `has_perm` decides.
+    is one call of a database function whose plan is cached per connection. With anything else
+    configured, `has_perm` decides.
     """
 
     message = "This account lacks the permission revos_schema.submit_schema."
@@ -76,7 +65,7 @@ class CanSubmitSchema(BasePermission):
             return True
         app_label, codename = SUBMIT_PERMISSION.split(".")
         with connection.cursor() as cursor:
-            cursor.execute(_HOLDS_PERMISSION_SQL, [user.pk, codename, app_label] * 2)
+            cursor.execute(_HOLDS_PERMISSION_SQL, [user.pk, app_label, codename])
             row = cursor.fetchone()
         return bool(row and row[0])
 

@@ -94,7 +94,7 @@ def test_with_another_authentication_backend_has_perm_decides(target, settings, 
     with CaptureQueriesContext(connection) as queries:
         response = api.post(URL, data=body, content_type="application/json")
     assert response.status_code == (200 if kind == "group" else 403)
-    assert not any("SELECT EXISTS" in q["sql"] for q in queries.captured_queries)
+    assert not any("holds_permission" in q["sql"] for q in queries.captured_queries)
 
 
 def app_queries(client_call) -> list[str]:
@@ -118,8 +118,10 @@ def test_a_noop_costs_three_app_queries_and_writes_its_submission_once(target):
     # An apply: the token, the permission, the submission stored as `received` before the target
     # is written, the event, and the submission's outcome.
     assert [q.split()[0] for q in applied_sql] == ["SELECT", "SELECT", "INSERT", "INSERT", "UPDATE"]
-    assert "authtoken_token" in applied_sql[0] and "SELECT EXISTS" in applied_sql[1]
-    assert '"envelope"' not in applied_sql[4]  # the request is written once
+    assert "authtoken_token" in applied_sql[0] and "holds_permission" in applied_sql[1]
+    # The request and its plan (schema, SQL) are written once, with the `received` row.
+    assert '"envelope"' not in applied_sql[4] and '"generated_sql"' not in applied_sql[4]
+    assert '"generated_sql"' in applied_sql[2]
     # A noop never writes to the target: the submission is written once, in its final state.
     assert [q.split()[0] for q in noop_sql] == ["SELECT", "SELECT", "INSERT"]
     stored = SchemaSubmission.objects.get(pk=noop.json()["result"]["submission_id"])
