@@ -13,8 +13,8 @@ the server and PostgreSQL.
 
 1. Noop latency: tests/fixtures/foundation_v001.json is applied once, then the identical request
    is sent sequentially on one connection: 20 warm-up + 500 timed requests, each a `noop` (token
-   lookup, permission check, submission insert, advisory-lock transaction with the ledger lookup,
-   submission update). Target: p50 < 10 ms.
+   lookup, permission check, the plan from the worker's cache, the lock-free ledger read, one
+   submission insert). Target: p50 < 10 ms.
 2. Throughput: 8 client threads, one connection each, send the same noop request, 2,000 in all
    (after 5 warm-up requests per connection; each client stops early after 75 s, which the output
    says, to bound the runtime on a slow machine). Target: >= 200 requests/s.
