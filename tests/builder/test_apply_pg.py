@@ -172,15 +172,19 @@ def test_concurrent_applies_of_one_version_apply_exactly_once(target_dsn, target
         assert [r[1] for r in ledger_rows(conn, target_schema)] == ["success"]
 
 
-def test_lock_on_referenced_table_fails_within_lock_timeout(target_dsn, target_conn, target_schema):
-    settings = settings_for(target_schema, lock_timeout_ms=300)
+def apply_v2_while_patients_is_locked(
+    target_dsn: str, target_conn: psycopg.Connection, settings: ApplySettings
+) -> tuple[Any, float]:
+    """Apply v001 (patients), then v002 (adds appointments, which references patients) while
+    another session holds an ACCESS EXCLUSIVE lock on patients; return v002's outcome and the
+    seconds it took."""
     assert run_schema_builder(envelope([PATIENTS]), target_conn, settings=settings).status == (
         "applied"
     )
     with psycopg.connect(target_dsn) as holder:
         holder.execute(
             sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(
-                sql.Identifier(target_schema, "patients")
+                sql.Identifier(settings.target_schema, "patients")
             )
         )
         started = time.monotonic()
@@ -189,6 +193,12 @@ def test_lock_on_referenced_table_fails_within_lock_timeout(target_dsn, target_c
         )
         elapsed = time.monotonic() - started
         holder.rollback()
+    return outcome, elapsed
+
+
+def test_lock_on_referenced_table_fails_within_lock_timeout(target_dsn, target_conn, target_schema):
+    settings = settings_for(target_schema, lock_timeout_ms=300)
+    outcome, elapsed = apply_v2_while_patients_is_locked(target_dsn, target_conn, settings)
     assert outcome.status == "failed"
     assert outcome.error.startswith("55P03"), outcome.error  # lock_not_available
     # It gave up after its lock timeout instead of queueing behind the lock.
@@ -232,21 +242,7 @@ def test_statement_timeout_bounds_the_script_and_does_not_outlive_it(
     # A long lock_timeout and a short statement_timeout: the statement that waits for the lock
     # is cancelled by the statement timeout (57014), not by the lock timeout (55P03).
     settings = settings_for(target_schema, lock_timeout_ms=60_000, statement_timeout_ms=300)
-    assert run_schema_builder(envelope([PATIENTS]), target_conn, settings=settings).status == (
-        "applied"
-    )
-    with psycopg.connect(target_dsn) as holder:
-        holder.execute(
-            sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(
-                sql.Identifier(target_schema, "patients")
-            )
-        )
-        started = time.monotonic()
-        outcome = run_schema_builder(
-            envelope([PATIENTS, APPOINTMENTS], version="002"), target_conn, settings=settings
-        )
-        elapsed = time.monotonic() - started
-        holder.rollback()
+    outcome, elapsed = apply_v2_while_patients_is_locked(target_dsn, target_conn, settings)
     assert outcome.status == "failed"
     assert outcome.error.startswith("57014"), outcome.error  # query_canceled
     assert elapsed < 10
