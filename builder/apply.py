@@ -240,7 +240,7 @@ def _lock_and_read(
 
 
 def _set_local_sql(name: str, value: str) -> sql.Composed:
-    """Set a configuration parameter for the current transaction only (SET LOCAL)."""
+    """Return the statement that sets a parameter for the current transaction (SET LOCAL)."""
     return sql.SQL("SELECT set_config({}, {}, true)").format(sql.Literal(name), sql.Literal(value))
 
 

@@ -160,6 +160,7 @@ SERVER_ELAPSED_MS = sql.SQL(
 
 
 def _row_values(row: NewLedgerRow) -> list[Any]:
+    """The values of `_INSERT_ROW`'s columns, in order (`execution_ms` last)."""
     return [
         row.version,
         row.description,
@@ -195,10 +196,10 @@ def insert_row_sql(target_schema: str, row: NewLedgerRow) -> sql.Composed:
     It can then go in one simple query after the script it records, so `execution_ms` is the
     server's own time for that script (`SERVER_ELAPSED_MS`); `row.execution_ms` is ignored.
     """
-    values: list[sql.Composable] = [sql.Literal(v) for v in _row_values(row)[:-1]]
+    *values, _execution_ms = _row_values(row)
     return _INSERT_ROW.format(
         table=ledger_table(target_schema),
-        values=sql.SQL(", ").join([*values, SERVER_ELAPSED_MS]),
+        values=sql.SQL(", ").join([*(sql.Literal(v) for v in values), SERVER_ELAPSED_MS]),
     )
 
 
