@@ -7,18 +7,25 @@ One apply is:
    apply, and two first applies cannot race on creating the ledger), `lock_timeout` and
    `statement_timeout` set locally, the ledger created if missing, the ledger lookup (noop /
    conflict), the DDL script and the `success` ledger row. Either all of it commits or none of
-   it does.
+   it does. The caller's `before_commit` (recording the attempt elsewhere) runs while the server
+   executes the script, and the transaction commits only after it has returned.
 3. On an execution error: that transaction is rolled back (the target is exactly as before) and a
    `failed` row with the error is recorded in a transaction of its own.
+
+Round trips to the target for an apply: the lock-free read; `BEGIN` with the lock and the reads;
+the script with its ledger row; `COMMIT`.
 """
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg import sql
@@ -84,34 +91,61 @@ def advisory_lock_key(target_schema: str) -> str:
     return f"wf106:{target_schema}"
 
 
+class CallerFailed(Exception):
+    """`before_commit` raised: the apply was rolled back and recorded as `failed`.
+
+    The caller's exception is the `__cause__`.
+    """
+
+
 def apply_attempt(
     conn: psycopg.Connection[Any],
     attempt: Attempt,
     settings: ApplySettings,
     *,
-    before_write: Callable[[], None] | None = None,
+    before_commit: Callable[[], None] | None = None,
+    read_ahead: ReadAhead | None = None,
 ) -> ApplyResult:
     """Apply `attempt` on `conn` (autocommit, idle) and record it; never raise for DB errors.
 
-    `before_write` is called once before anything is written to the target (the ledger, the
-    DDL), so that a caller can record the attempt first; it is not called when the version is
-    found already applied without taking the lock (the cheap, common noop).
+    `before_commit` is called once when the script is going to be run: under the lock, after
+    the ledger said this version is not applied yet, while the server runs the script (on
+    another thread of this process), and before the transaction commits. A caller records the
+    attempt there, so that a committed change is always on its record too, without adding the
+    time of its write to the apply's. If it raises, the transaction is rolled back, a `failed`
+    ledger row says why, and `CallerFailed` is raised from its exception. It is not called for a
+    noop or a conflict.
+
+    `read_ahead` is the lock-free ledger read of this version, started on `conn` while the
+    request was being planned; it is waited for, and used if it read the right version.
     """
+    looked_up = None if read_ahead is None else read_ahead.result()
     if conn.info.transaction_status != TransactionStatus.IDLE:
         raise ValueError("apply_attempt needs an idle connection (no transaction in progress)")
     started = time.monotonic()
     ledger_found = False
     if not attempt.force:
-        try:
-            already, ledger_found = _applied_without_lock(conn, attempt, settings)
-        except psycopg.Error:
-            already = None  # decided again, and reported, under the lock below
-        if already is not None:
-            return replace(already, db_ms=_elapsed_ms(started))
-    if before_write is not None:
-        before_write()
+        if looked_up is None or looked_up.version != attempt.schema.version:
+            looked_up = _read_without_lock(conn, settings.target_schema, attempt.schema.version)
+        if looked_up is not None:  # else: decided again, and reported, under the lock below
+            ledger_found = looked_up.ledger_found
+            existing = looked_up.existing
+            if existing is not None and existing.schema_hash == attempt.schema_hash:
+                return ApplyResult(
+                    status=NOOP,
+                    ledger_id=existing.id,
+                    applied_at=existing.applied_at,
+                    applied_schema_hash=existing.schema_hash,
+                    db_ms=_elapsed_ms(started),
+                )
     try:
-        result = _apply_in_transaction(conn, attempt, settings, create_ledger=not ledger_found)
+        result = _apply_in_transaction(
+            conn, attempt, settings, create_ledger=not ledger_found, before_commit=before_commit
+        )
+    except _CallerError as failure:
+        error = f"rolled back: recording the attempt failed: {failure.__cause__!r}"
+        _record_failure(conn, attempt, settings, error, started)
+        raise CallerFailed(error) from failure.__cause__
     except psycopg.Error as exc:
         error = describe_error(exc)
         ledger_id, applied_at = _record_failure(conn, attempt, settings, error, started)
@@ -126,10 +160,15 @@ def apply_attempt(
 
 
 def _apply_in_transaction(
-    conn: psycopg.Connection[Any], attempt: Attempt, settings: ApplySettings, *, create_ledger: bool
+    conn: psycopg.Connection[Any],
+    attempt: Attempt,
+    settings: ApplySettings,
+    *,
+    create_ledger: bool,
+    before_commit: Callable[[], None] | None,
 ) -> ApplyResult:
     target = settings.target_schema
-    with conn.transaction():
+    with _transaction(conn):
         existing, before = _lock_and_read(conn, attempt, settings, create_ledger=create_ledger)
         if existing is not None and existing.schema_hash != attempt.schema_hash:
             return ApplyResult(
@@ -159,10 +198,11 @@ def _apply_in_transaction(
         row = replace(row, metadata=metadata)
         # The script and its ledger row in one round trip: the row's INSERT runs only if every
         # statement of the script succeeded, and records the server's time for the script.
-        record = ledger.insert_row_sql(target, row).as_bytes(conn)
-        with conn.cursor() as cur:
-            cur.execute(attempt.script.encode() + b";\n" + record)
-            ledger_id, applied_at = ledger.inserted_row(cur.set_result(-1).fetchone())
+        message = (
+            attempt.script.encode() + b";\n" + ledger.insert_row_sql(target, row).as_bytes(conn)
+        )
+        ledger_id, applied_at = _run_script(conn, message, before_commit)
+        _commit(conn)
     return ApplyResult(
         status=APPLIED,
         ledger_id=ledger_id,
@@ -175,29 +215,130 @@ def _apply_in_transaction(
     )
 
 
-def _applied_without_lock(
-    conn: psycopg.Connection[Any], attempt: Attempt, settings: ApplySettings
-) -> tuple[ApplyResult | None, bool]:
-    """Return the noop result if this exact version is already applied, without any lock.
+@contextmanager
+def _transaction(conn: psycopg.Connection[Any]) -> Iterator[None]:
+    """Roll back, on the way out, a transaction that the statements inside opened themselves.
+
+    The apply's first statement is `BEGIN` inside its first query (one round trip fewer than
+    psycopg's `conn.transaction()`); whatever happens next, the connection leaves this block
+    idle: committed by `_commit`, rolled back here, or broken.
+    """
+    try:
+        yield
+    finally:
+        if not conn.broken and conn.info.transaction_status != TransactionStatus.IDLE:
+            conn.execute(b"ROLLBACK")
+
+
+def _commit(conn: psycopg.Connection[Any]) -> None:
+    """Commit the apply's transaction (a function of its own, so that tests can watch it)."""
+    conn.execute(b"COMMIT")
+
+
+class _CallerError(Exception):
+    """`before_commit` raised (its exception is the `__cause__`)."""
+
+
+# Run target queries while the calling thread does other work: an apply's script while the
+# attempt is recorded, the lock-free ledger read while the request is planned. psycopg releases
+# the GIL while it waits for the server, so the two overlap. Threads are made when needed, at
+# most this many at once; a task beyond them waits for a thread, and no task waits for another.
+_THREADS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="wf106-target")
+
+_T = TypeVar("_T")
+
+
+def _on_thread(task: Callable[[], _T]) -> Future[_T]:
+    """Start `task` on one of `_THREADS`; return once it has started.
+
+    Waiting for the start hands the GIL to the task's thread, which keeps it until psycopg
+    waits for the server: its query is on its way before the caller goes on.
+    """
+    started = threading.Event()
+
+    def run() -> _T:
+        started.set()
+        return task()
+
+    future = _THREADS.submit(run)
+    started.wait()
+    return future
+
+
+def _run_script(
+    conn: psycopg.Connection[Any], message: bytes, before_commit: Callable[[], None] | None
+) -> tuple[str, datetime]:
+    """Run the script and its ledger INSERT; call `before_commit` meanwhile; return the row."""
+
+    def execute() -> tuple[str, datetime]:
+        with conn.cursor() as cur:
+            cur.execute(message)
+            return ledger.inserted_row(cur.set_result(-1).fetchone())
+
+    if before_commit is None:
+        return execute()
+    running = _on_thread(execute)
+    try:
+        before_commit()
+    except Exception as exc:
+        if not running.done():
+            conn.cancel_safe()
+        with suppress(Exception):  # only that it ended matters: the caller's error is reported
+            running.result()
+        raise _CallerError() from exc
+    return running.result()
+
+
+@dataclass(frozen=True)
+class LedgerLookup:
+    """The lock-free read of one version's `success` row (None if there is none)."""
+
+    version: str
+    existing: ledger.LedgerRow | None
+    ledger_found: bool
+
+
+def _read_without_lock(
+    conn: psycopg.Connection[Any], target_schema: str, version: str
+) -> LedgerLookup | None:
+    """Read the version's `success` row without any lock; None if the read failed.
 
     A `success` row is never removed or changed, so finding one needs no lock; this keeps
     repeated identical requests (the common case for retrying services) cheap. Anything else is
-    decided under the advisory lock. One autocommit statement: no transaction to open. The
-    second value tells whether the ledger table exists (the builder never drops it).
+    decided under the advisory lock. One autocommit statement: no transaction to open. A missing
+    ledger is not an error (the first apply creates it; the builder never drops it).
     """
     try:
-        existing = ledger.find_applied(conn, settings.target_schema, attempt.schema.version)
-    except psycopg.errors.UndefinedTable:  # no ledger yet: the first apply creates it
-        return None, False
-    if existing is None or existing.schema_hash != attempt.schema_hash:
-        return None, True
-    noop = ApplyResult(
-        status=NOOP,
-        ledger_id=existing.id,
-        applied_at=existing.applied_at,
-        applied_schema_hash=existing.schema_hash,
-    )
-    return noop, True
+        existing = ledger.find_applied(conn, target_schema, version)
+    except psycopg.errors.UndefinedTable:
+        return LedgerLookup(version, None, ledger_found=False)
+    except psycopg.Error:
+        return None
+    return LedgerLookup(version, existing, ledger_found=True)
+
+
+class ReadAhead:
+    """The lock-free ledger read of a version, started on another thread.
+
+    A request that may apply starts it on its target connection as soon as the envelope is
+    parsed, with the caller's `schema_version`, and then normalizes, renders and parser-checks
+    the schema meanwhile (pglast releases the GIL while it parses). The connection belongs to
+    the read until `result()` or `wait()` has returned: call one of them before anything else
+    uses it, whatever happens to the request.
+    """
+
+    def __init__(self, conn: psycopg.Connection[Any], target_schema: str, version: str) -> None:
+        self.version = version
+        self._future = _on_thread(lambda: _read_without_lock(conn, target_schema, version))
+
+    def result(self) -> LedgerLookup | None:
+        """Wait for the read; return what it found (None if it failed)."""
+        return self._future.result()
+
+    def wait(self) -> None:
+        """Wait for the read to end, however it ended."""
+        with suppress(Exception):  # only that the connection is free again matters here
+            self._future.result()
 
 
 def _lock_and_read(
@@ -209,7 +350,7 @@ def _lock_and_read(
 ) -> tuple[ledger.LedgerRow | None, set[str]]:
     """Start the apply transaction in one round trip; return the applied row and relations.
 
-    In order: wait at most `lock_wait_ms` for the target's transaction-level advisory lock;
+    In order: `BEGIN`; wait at most `lock_wait_ms` for the target's transaction-level advisory lock;
     then set `lock_timeout` and `statement_timeout` for the rest of the transaction; create the
     ledger if it is missing (unless `create_ledger` is false: the caller just read it); read
     the version's successful ledger row and the names of the tables and indexes that exist in
@@ -218,6 +359,7 @@ def _lock_and_read(
     """
     target = settings.target_schema
     statements = [
+        sql.SQL("BEGIN"),
         _set_local_sql("lock_timeout", f"{settings.lock_wait_ms}ms"),
         sql.SQL("SELECT pg_advisory_xact_lock(hashtextextended({}, 0))").format(
             sql.Literal(advisory_lock_key(target))

@@ -83,11 +83,15 @@ def prepare(raw: object, *, target_schema: str = "public") -> Prepared | Rejecte
 
 def prepare_envelope(envelope: Envelope, *, target_schema: str = "public") -> Prepared | Rejected:
     """`prepare` for an envelope already parsed with `parse_envelope`."""
+    return _prepare(envelope, target_schema, _plan_key(envelope.payload, target_schema))
+
+
+def _prepare(envelope: Envelope, target_schema: str, key: _PlanKey | None) -> Prepared | Rejected:
     issues = list(envelope.issues)
     plan: _Plan | None = None
     if envelope.payload is not None:
         try:
-            plan = _plan(envelope.payload, target_schema)
+            plan = _plan(envelope.payload, target_schema, key)
         except SchemaValidationError as exc:
             issues.extend(exc.issues)
     if plan is None or issues:
@@ -114,11 +118,24 @@ PLAN_CACHE_SIZE = 32
 PLAN_CACHE_MAX_PAYLOAD = 256 * 1024
 """Payloads whose canonical JSON is longer than this are planned every time, not cached."""
 
-_plans: OrderedDict[tuple[str, str], _Plan] = OrderedDict()
+_PlanKey = tuple[str, str]
+_plans: OrderedDict[_PlanKey, _Plan] = OrderedDict()
 _plans_lock = threading.Lock()
 
 
-def _plan(payload: object, target_schema: str) -> _Plan:
+def _plan_key(payload: object, target_schema: str) -> _PlanKey | None:
+    """Return the plan cache's key for `payload`, or None if it is too large to be cached."""
+    text = canonical_dumps(_plan_input(payload))
+    return (target_schema, text) if len(text) <= PLAN_CACHE_MAX_PAYLOAD else None
+
+
+def _is_planned(key: _PlanKey | None) -> bool:
+    """Tell whether the plan of `key` is in the cache (it may be evicted before it is used)."""
+    with _plans_lock:
+        return key is not None and key in _plans
+
+
+def _plan(payload: object, target_schema: str, key: _PlanKey | None) -> _Plan:
     """Normalize, hash and render `payload`; raise SchemaValidationError if it is invalid.
 
     Services retry: the same payload arrives again and again and is answered `noop`, and
@@ -127,8 +144,6 @@ def _plan(payload: object, target_schema: str) -> _Plan:
     recent successful plans are kept in a small LRU keyed by the payload's canonical JSON.
     The execution flags are not part of the plan: an apply reuses the plan of its preview.
     """
-    text = canonical_dumps(_plan_input(payload))
-    key = (target_schema, text) if len(text) <= PLAN_CACHE_MAX_PAYLOAD else None
     if key is not None:
         with _plans_lock:
             plan = _plans.get(key)
@@ -190,21 +205,55 @@ def run_schema_builder(
     *,
     settings: applying.ApplySettings | None = None,
     emit: EventSink | None = None,
-    before_write: Callable[[Prepared], None] | None = None,
+    before_commit: Callable[[Prepared], None] | None = None,
 ) -> Outcome:
     """Handle one request envelope end to end and return its Outcome.
 
     `conn` is an autocommit connection to the target database; it may be None only for a
     request that turns out to be blocked or a `dry_run` preview, which never touch the target.
-    `before_write` is called once, with the prepared request (its schema and SQL), before
-    anything is written to the target (see `builder.apply.apply_attempt`); never for blocked,
-    preview and lock-free noop answers.
+    `before_commit` is called once, with the prepared request (its schema and SQL), while its
+    script runs and before it commits (see `builder.apply.apply_attempt`); never for blocked,
+    preview, noop and conflict answers.
     """
     settings = settings or applying.ApplySettings()
     started = time.monotonic()
     envelope = parse_envelope(raw)
+    plan_key = _plan_key(envelope.payload, settings.target_schema)
+    # A request planned before needs no read ahead: there is nothing to overlap it with.
+    read_ahead = None if _is_planned(plan_key) else _read_ahead(conn, envelope, settings)
     try:
-        prepared = prepare_envelope(envelope, target_schema=settings.target_schema)
+        return _run(envelope, plan_key, conn, settings, emit, before_commit, read_ahead, started)
+    finally:
+        if read_ahead is not None:
+            read_ahead.wait()  # the connection is free again before it goes back to its owner
+
+
+def _read_ahead(
+    conn: psycopg.Connection[Any] | None, envelope: Envelope, settings: applying.ApplySettings
+) -> applying.ReadAhead | None:
+    """Start the lock-free ledger read of a request that may apply, before it is planned.
+
+    The caller's `schema_version` is read before validation: a version that validation changes
+    or refuses costs one needless read, and the apply then reads again.
+    """
+    version = _raw_version(envelope)
+    if conn is None or not version or envelope.dry_run or envelope.force_apply:
+        return None
+    return applying.ReadAhead(conn, settings.target_schema, version)
+
+
+def _run(
+    envelope: Envelope,
+    plan_key: _PlanKey | None,
+    conn: psycopg.Connection[Any] | None,
+    settings: applying.ApplySettings,
+    emit: EventSink | None,
+    before_commit: Callable[[Prepared], None] | None,
+    read_ahead: applying.ReadAhead | None,
+    started: float,
+) -> Outcome:
+    try:
+        prepared = _prepare(envelope, settings.target_schema, plan_key)
     except UnsafeSQLError as exc:
         # A generated statement failed the parser check: a builder bug; nothing was run.
         logger.exception("generated SQL failed the parser check")
@@ -215,8 +264,10 @@ def run_schema_builder(
         return _preview(prepared, started)
     if conn is None:
         raise ValueError("a connection to the target database is needed to apply")
-    on_write = None if before_write is None else functools.partial(before_write, prepared)
-    result = applying.apply_attempt(conn, _attempt(prepared), settings, before_write=on_write)
+    on_commit = None if before_commit is None else functools.partial(before_commit, prepared)
+    result = applying.apply_attempt(
+        conn, _attempt(prepared), settings, before_commit=on_commit, read_ahead=read_ahead
+    )
     warnings = _warnings(result)
     if result.status == applying.APPLIED and emit is not None:
         warnings.extend(_emit_applied(emit, prepared, result))

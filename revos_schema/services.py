@@ -94,11 +94,12 @@ def submit_envelope(
 ) -> tuple[Outcome, SchemaSubmission]:
     """Run the builder on the request, store it as a `SchemaSubmission`, return both.
 
-    A request that is going to write to the target is stored as `received` before it does (the
-    builder's `before_write`), so an attempt that reaches the target database is on record even
-    if this process dies during it, and is updated with its outcome afterwards. Blocked, preview
-    and noop answers never write to the target and are stored once, in their final state. If the
-    target database cannot be reached, the request is stored as `failed` and the error re-raised.
+    A request that is going to write to the target is stored as `received`, with its SQL, while
+    its script runs and before the target commits (the builder's `before_commit`): a change
+    committed to the target is on record even if this process dies before storing the outcome.
+    The outcome then updates that row. Blocked, preview, noop and conflict answers never write to
+    the target and are stored once, in their final state. If the target database cannot be
+    reached, the request is stored as `failed` and the error re-raised.
     """
     submission = SchemaSubmission(
         source=source,
@@ -124,7 +125,7 @@ def submit_envelope(
                 conn,
                 settings=builder_settings(),
                 emit=record_event,
-                before_write=record_attempt,
+                before_commit=record_attempt,
             )
     except psycopg.OperationalError as exc:
         _store_unavailable(submission, exc)

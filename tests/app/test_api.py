@@ -240,31 +240,62 @@ def test_openapi_schema_and_docs_are_served(client):
     assert b"swagger-ui" in docs.content
 
 
-def test_an_apply_is_on_record_as_received_before_the_target_is_written(
-    client, target, monkeypatch
-):
+def test_an_apply_is_on_record_as_received_before_the_target_commits(client, target, monkeypatch):
     import builder.apply
 
     seen: list[list[str]] = []
-    lock_and_read = builder.apply._lock_and_read  # the first statement that may write
+    commit = builder.apply._commit
 
-    def spy(conn, attempt, settings, **options):
+    def spy(conn):
         seen.extend(
             SchemaSubmission.objects.values_list("status", "generated_sql", "schema_version")
         )
-        return lock_and_read(conn, attempt, settings, **options)
+        return commit(conn)
 
-    monkeypatch.setattr(builder.apply, "_lock_and_read", spy)
+    monkeypatch.setattr(builder.apply, "_commit", spy)
     response = post(client, load_fixture("foundation_v001.json"))
 
     assert response.json()["result"]["status"] == "applied"
     stored = SchemaSubmission.objects.get()
-    # On record before the first write, with the SQL it is about to run.
+    # On record before the target commits, with the SQL it ran.
     assert seen == [("received", stored.generated_sql, "001")]
     assert stored.generated_sql.startswith("-- WF106 schema v001")
     assert stored.status == "applied"
     assert stored.normalized_schema["version"] == "001"
     assert stored.response["result"]["status"] == "applied"
+
+
+def test_an_apply_that_cannot_be_recorded_is_rolled_back_500_and_in_the_ledger(
+    client, target, target_dsn, monkeypatch
+):
+    import psycopg
+    from django.db import OperationalError
+
+    from revos_schema import services
+
+    def lost(*args):
+        raise OperationalError("the submissions database went away")
+
+    monkeypatch.setattr(services, "_record_request", lost)
+    response = post(client, load_fixture("foundation_v001.json"))
+
+    assert response.status_code == 500
+    assert_envelope(response.json(), "failed")
+    assert "went away" not in response.content.decode()  # no internals in the answer
+    with psycopg.connect(target_dsn) as conn:
+        tables = conn.execute(
+            "SELECT relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = %s AND c.relkind = 'r'",
+            [target],
+        ).fetchall()
+        rows = conn.execute(
+            sql.SQL("SELECT version, status, error_message FROM {}").format(
+                sql.Identifier(target, "schema_migrations")
+            )
+        ).fetchall()
+    assert tables == [("schema_migrations",)]  # the fixture's tables were rolled back
+    assert [(r[0], r[1]) for r in rows] == [("001", "failed")]
+    assert "recording the attempt failed" in rows[0][2]
 
 
 def test_an_unreachable_target_is_503_and_the_request_is_stored_failed(

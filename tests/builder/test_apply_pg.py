@@ -309,3 +309,162 @@ def test_an_applied_version_is_a_noop_even_while_another_apply_holds_the_lock(
     assert noop.status == "noop"
     assert blocked.status == "failed"
     assert blocked.error.startswith("55P03")
+
+
+def test_before_commit_runs_once_under_the_lock_before_anything_is_committed(
+    target_dsn, target_conn, target_schema
+):
+    settings = settings_for(target_schema)
+    seen: list[tuple[Any, ...]] = []
+    with psycopg.connect(target_dsn, autocommit=True) as observer:
+
+        def before_commit(prepared: Any) -> None:
+            seen.append(
+                observer.execute(
+                    "SELECT (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                    "AND pid = %s AND granted), to_regclass(%s), to_regclass(%s)",
+                    [
+                        target_conn.info.backend_pid,
+                        f"{target_schema}.patients",
+                        f"{target_schema}.schema_migrations",
+                    ],
+                ).fetchone()
+            )
+            assert prepared.schema.version == "001"
+
+        applied = run_schema_builder(
+            envelope([PATIENTS]), target_conn, settings=settings, before_commit=before_commit
+        )
+        # Holding the target's lock; neither the table nor the ledger committed yet.
+        assert seen == [(1, None, None)]
+        assert applied.status == "applied"
+        assert "patients" in relations(observer, target_schema)
+        # Not called for answers that write nothing to the target.
+        noop = run_schema_builder(
+            envelope([PATIENTS]), target_conn, settings=settings, before_commit=before_commit
+        )
+        changed = {**PATIENTS, "columns": [*PATIENTS["columns"], {"name": "email", "type": "TEXT"}]}
+        conflict = run_schema_builder(
+            envelope([changed]),
+            target_conn,
+            settings=settings,
+            before_commit=before_commit,
+        )
+    assert (noop.status, conflict.status) == ("noop", "conflict")
+    assert len(seen) == 1
+
+
+def _until_script_done(target_dsn: str, pid: int) -> None:
+    """Wait until the backend `pid` has finished the script (idle in its transaction)."""
+    with psycopg.connect(target_dsn, autocommit=True) as observer:
+        for _ in range(500):
+            state = observer.execute(
+                "SELECT state FROM pg_stat_activity WHERE pid = %s", [pid]
+            ).fetchone()
+            if state == ("idle in transaction",):
+                return
+            time.sleep(0.01)
+    raise AssertionError("the script did not finish")
+
+
+@pytest.mark.parametrize("when", ["at once", "after the script ran"])
+def test_a_failing_before_commit_rolls_the_apply_back_and_is_recorded(
+    target_dsn, target_conn, target_schema, when
+):
+    from builder.apply import CallerFailed
+
+    settings = settings_for(target_schema)
+    run_schema_builder(envelope([PATIENTS]), target_conn, settings=settings)
+    before = relations(target_conn, target_schema)
+
+    def before_commit(prepared: Any) -> None:
+        if when != "at once":
+            _until_script_done(target_dsn, target_conn.info.backend_pid)
+        raise RuntimeError("the submissions database went away")
+
+    with pytest.raises(CallerFailed) as raised:
+        run_schema_builder(
+            envelope([PATIENTS, APPOINTMENTS], version="002"),
+            target_conn,
+            settings=settings,
+            before_commit=before_commit,
+        )
+    assert isinstance(raised.value.__cause__, RuntimeError)
+    assert relations(target_conn, target_schema) == before  # no appointments, no new index
+    rows = ledger_rows(target_conn, target_schema)
+    assert [(r[0], r[1]) for r in rows] == [("001", "success"), ("002", "failed")]
+    assert rows[1][3].startswith("-- WF106 schema v002")
+    assert "recording the attempt failed" in rows[1][4]
+    assert "the submissions database went away" in rows[1][4]
+    assert target_conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    # The connection is usable, and the version can be applied later.
+    again = run_schema_builder(
+        envelope([PATIENTS, APPOINTMENTS], version="002"), target_conn, settings=settings
+    )
+    assert again.status == "applied"
+
+
+def test_the_lock_free_read_runs_on_another_thread_while_a_new_request_is_planned(
+    target_conn, target_schema, monkeypatch
+):
+    import builder.apply
+    import builder.service
+
+    settings = settings_for(target_schema)
+    calls: list[tuple[str, bool]] = []
+    read = builder.apply._read_without_lock
+    prepare = builder.service._prepare
+    main = threading.current_thread()
+
+    def spy_read(conn, target, version):
+        thread = threading.current_thread()
+        assert thread is main or thread.name.startswith("wf106-target")
+        calls.append(("read " + version, thread is main))
+        return read(conn, target, version)
+
+    def spy_prepare(*args):
+        calls.append(("plan", threading.current_thread() is main))
+        return prepare(*args)
+
+    monkeypatch.setattr(builder.apply, "_read_without_lock", spy_read)
+    monkeypatch.setattr(builder.service, "_prepare", spy_prepare)
+    outcomes = [
+        run_schema_builder(envelope([PATIENTS]), target_conn, settings=settings).status
+        for _ in range(2)
+    ]
+    assert outcomes == ["applied", "noop"]
+    assert calls == [
+        # A payload not planned before: read ahead on a pool thread, planned meanwhile, and
+        # not read a second time.
+        ("read 001", False),
+        ("plan", True),
+        # Planned before (a retry): nothing to overlap; one read, after the plan.
+        ("plan", True),
+        ("read 001", True),
+    ]
+
+    # Previews, forced applies and requests without a usable version read nothing ahead.
+    calls.clear()
+    for request in [
+        envelope([PATIENTS], version="101", dry_run=True),
+        envelope([PATIENTS], version="102", force_apply=True),
+        envelope([PATIENTS], version=""),
+    ]:
+        run_schema_builder(request, target_conn, settings=settings)
+    assert calls == [("plan", True)] * 3
+
+
+def test_a_blocked_request_leaves_the_target_connection_idle_and_the_target_unchanged(
+    target_conn, target_schema
+):
+    settings = settings_for(target_schema)
+    run_schema_builder(envelope([PATIENTS]), target_conn, settings=settings)
+    before = relations(target_conn, target_schema), ledger_rows(target_conn, target_schema)
+    bad = envelope([{**PATIENTS, "columns": [{"name": "x", "type": "NOT A TYPE"}]}], "002")
+    for _ in range(3):  # read ahead for version 002, then blocked by validation
+        outcome = run_schema_builder(bad, target_conn, settings=settings)
+        assert outcome.status == "blocked"
+        assert target_conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    assert (relations(target_conn, target_schema), ledger_rows(target_conn, target_schema)) == (
+        before
+    )
