@@ -350,12 +350,13 @@ def _lock_and_read(
 ) -> tuple[ledger.LedgerRow | None, set[str]]:
     """Start the apply transaction in one round trip; return the applied row and relations.
 
-    In order: `BEGIN`; wait at most `lock_wait_ms` for the target's transaction-level advisory lock;
-    then set `lock_timeout` and `statement_timeout` for the rest of the transaction; create the
-    ledger if it is missing (unless `create_ledger` is false: the caller just read it); read
-    the version's successful ledger row and the names of the tables and indexes that exist in
-    the target schema. The statements carry their values as quoted literals (psycopg's
-    `sql.Literal`) so that they can go as one simple query.
+    In order: `BEGIN`; wait at most `lock_wait_ms` for the target's transaction-level advisory
+    lock; then set `lock_timeout` and `statement_timeout` for the rest of the transaction;
+    create the ledger if it is missing (unless `create_ledger` is false: the caller just read
+    it); read the version's successful ledger row, and which of the schema's tables and indexes
+    exist already in the target schema (by name, through pg_class's name index: a scan of the
+    schema's relations grows with every relation of the database). The statements carry their
+    values as quoted literals (psycopg's `sql.Literal`) so that they can go as one simple query.
     """
     target = settings.target_schema
     statements = [
@@ -370,15 +371,21 @@ def _lock_and_read(
         ledger.find_applied_sql(target, attempt.schema.version),
         sql.SQL(
             "SELECT c.relname FROM pg_catalog.pg_class c "
-            "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
-            "WHERE n.nspname = {} AND c.relkind IN ('r', 'p', 'i', 'I')"
-        ).format(sql.Literal(target)),
+            "WHERE c.relnamespace = "
+            "(SELECT n.oid FROM pg_catalog.pg_namespace n WHERE n.nspname = {}) "
+            "AND c.relname = ANY({}) AND c.relkind IN ('r', 'p', 'i', 'I')"
+        ).format(sql.Literal(target), sql.Literal(_relation_names(attempt.schema))),
     ]
     with conn.cursor() as cur:
         cur.execute(sql.SQL(";\n").join(statements))
         existing = ledger.ledger_row(cur.set_result(-2).fetchone())
         before = {row[0] for row in cur.set_result(-1).fetchall()}
     return existing, before
+
+
+def _relation_names(schema: Schema) -> list[str]:
+    """Return the names of the tables and indexes that `schema` creates."""
+    return [name for t in schema.tables for name in (t.name, *(i.name for i in t.indexes))]
 
 
 def _set_local_sql(name: str, value: str) -> sql.Composed:

@@ -468,3 +468,23 @@ def test_a_blocked_request_leaves_the_target_connection_idle_and_the_target_unch
     assert (relations(target_conn, target_schema), ledger_rows(target_conn, target_schema)) == (
         before
     )
+
+
+def test_only_relations_of_the_target_schema_count_as_existing(
+    target_dsn, target_conn, target_schema
+):
+    other = f"{target_schema}_other"
+    target_conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(other)))
+    try:
+        for relation in ("patients", "idx_patients_tenant_id"):
+            target_conn.execute(
+                sql.SQL("CREATE TABLE {} (id int)").format(sql.Identifier(other, relation))
+            )
+        outcome = run_schema_builder(
+            envelope([PATIENTS]), target_conn, settings=settings_for(target_schema)
+        )
+    finally:
+        target_conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(other)))
+    outputs = outcome.response["result"]["primary_outputs"]
+    assert (outputs["tables_created"], outputs["indexes_created"]) == (1, 3)
+    assert outputs["warnings"] == []
