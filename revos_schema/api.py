@@ -11,10 +11,12 @@ from typing import Any
 
 import psycopg
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.core.exceptions import RequestDataTooBig
-from django.db import connection
+from django.db.models import BooleanField, F, Func, Value
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import reverse
+from django.utils.translation import gettext_lazy as _
 from django.views.defaults import page_not_found
 from drf_spectacular.utils import extend_schema
 from rest_framework import exceptions, status
@@ -36,10 +38,46 @@ logger = logging.getLogger(__name__)
 
 SUBMIT_PERMISSION = "revos_schema.submit_schema"
 
-# Does user %s hold permission %s (codename) of app %s, directly or through one of its groups?
-# The rule is ModelBackend's, over django.contrib.auth's own tables; the function is created by
-# migration 0002 (PL/pgSQL, so its query's plan is kept for the life of the connection).
-_HOLDS_PERMISSION_SQL = "SELECT revos_schema_holds_permission(%s, %s, %s)"
+
+class HoldsPermission(Func):
+    """Does the user hold the permission (app label, codename), directly or through a group?
+
+    The rule is ModelBackend's, over django.contrib.auth's own tables, for an active user who
+    is not a superuser; the PL/pgSQL function is created by migration 0002 (so its query's plan
+    is kept for the life of the connection).
+    """
+
+    function = "revos_schema_holds_permission"
+    output_field = BooleanField()
+
+    def __init__(self, user_id: Any, permission: str) -> None:
+        app_label, codename = permission.split(".")
+        super().__init__(user_id, Value(app_label), Value(codename))
+
+
+class WebhookTokenAuthentication(TokenAuthentication):
+    """DRF's token authentication, reading in the same query whether the user may submit.
+
+    With Django's own user model and `ModelBackend` as the only authentication backend (this
+    project's settings), the token, its user and `HoldsPermission(submit_schema)` are one
+    query; `CanSubmitSchema` uses the answer. Otherwise this is DRF's `TokenAuthentication`.
+    """
+
+    def authenticate_credentials(self, key: str) -> tuple[Any, Any]:
+        if not _model_backend_only():
+            return super().authenticate_credentials(key)
+        model = self.get_model()
+        tokens = model.objects.select_related("user").annotate(
+            holds_submit_schema=HoldsPermission(F("user_id"), SUBMIT_PERMISSION)
+        )
+        # As DRF's own authenticate_credentials, with the annotation.
+        try:
+            token = tokens.get(key=key)
+        except model.DoesNotExist as exc:
+            raise exceptions.AuthenticationFailed(_("Invalid token.")) from exc
+        if not token.user.is_active:
+            raise exceptions.AuthenticationFailed(_("User inactive or deleted."))
+        return (token.user, token)
 
 
 class CanSubmitSchema(BasePermission):
@@ -49,8 +87,8 @@ class CanSubmitSchema(BasePermission):
     large share of a webhook request's cost. With Django's own user model and `ModelBackend`
     as the only authentication backend (this project's settings), the same rule (an active
     superuser holds everything; otherwise the permission is held directly or through a group)
-    is one call of a database function whose plan is cached per connection. With anything else
-    configured, `has_perm` decides.
+    is `HoldsPermission`, read with the token (`WebhookTokenAuthentication`) or, for any other
+    authentication, in a query of its own. With anything else configured, `has_perm` decides.
     """
 
     message = "This account lacks the permission revos_schema.submit_schema."
@@ -63,11 +101,15 @@ class CanSubmitSchema(BasePermission):
             return bool(user.has_perm(SUBMIT_PERMISSION))
         if user.is_superuser:
             return True
-        app_label, codename = SUBMIT_PERMISSION.split(".")
-        with connection.cursor() as cursor:
-            cursor.execute(_HOLDS_PERMISSION_SQL, [user.pk, app_label, codename])
-            row = cursor.fetchone()
-        return bool(row and row[0])
+        held = getattr(request.auth, "holds_submit_schema", None)
+        if held is None:
+            held = (
+                get_user_model()
+                .objects.filter(pk=user.pk)
+                .values_list(HoldsPermission(F("pk"), SUBMIT_PERMISSION), flat=True)
+                .first()
+            )
+        return bool(held)
 
 
 def _model_backend_only() -> bool:
@@ -79,7 +121,7 @@ def _model_backend_only() -> bool:
 class WebhookView(APIView):
     """Base of the WF106 views: token authentication, the permission, envelope-shaped errors."""
 
-    authentication_classes = (TokenAuthentication,)
+    authentication_classes = (WebhookTokenAuthentication,)
     permission_classes = (IsAuthenticated, CanSubmitSchema)
 
     def get_exception_handler(self) -> Any:
