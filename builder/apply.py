@@ -241,8 +241,9 @@ class _CallerError(Exception):
 
 # Run target queries while the calling thread does other work: an apply's script while the
 # attempt is recorded, the lock-free ledger read while the request is planned. psycopg releases
-# the GIL while it waits for the server, so the two overlap. Threads are made when needed, at
-# most this many at once; a task beyond them waits for a thread, and no task waits for another.
+# the GIL while it waits for the server, so the two overlap. A request has at most one task here
+# at a time, and no task waits for another; threads are made when needed, at most this many
+# (more than gunicorn's threads per worker), and a task beyond them waits for a free one.
 _THREADS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="wf106-target")
 
 _T = TypeVar("_T")
@@ -280,12 +281,14 @@ def _run_script(
     running = _on_thread(execute)
     try:
         before_commit()
-    except Exception as exc:
+    except BaseException as exc:  # a worker's timeout too: stop the script before unwinding
         if not running.done():
             conn.cancel_safe()
         with suppress(Exception):  # only that it ended matters: the caller's error is reported
             running.result()
-        raise _CallerError() from exc
+        if isinstance(exc, Exception):
+            raise _CallerError() from exc
+        raise
     return running.result()
 
 

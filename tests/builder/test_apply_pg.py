@@ -488,3 +488,28 @@ def test_only_relations_of_the_target_schema_count_as_existing(
     outputs = outcome.response["result"]["primary_outputs"]
     assert (outputs["tables_created"], outputs["indexes_created"]) == (1, 3)
     assert outputs["warnings"] == []
+
+
+class _WorkerStopping(BaseException):
+    """Stands for a worker being stopped (SystemExit, KeyboardInterrupt) during an apply."""
+
+
+def test_a_worker_stopped_during_before_commit_rolls_the_apply_back(target_conn, target_schema):
+    settings = settings_for(target_schema)
+    run_schema_builder(envelope([PATIENTS]), target_conn, settings=settings)
+    before = relations(target_conn, target_schema), ledger_rows(target_conn, target_schema)
+
+    def before_commit(prepared: Any) -> None:
+        raise _WorkerStopping
+
+    with pytest.raises(_WorkerStopping):
+        run_schema_builder(
+            envelope([PATIENTS, APPOINTMENTS], version="002"),
+            target_conn,
+            settings=settings,
+            before_commit=before_commit,
+        )
+    assert target_conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    assert (relations(target_conn, target_schema), ledger_rows(target_conn, target_schema)) == (
+        before
+    )
