@@ -151,13 +151,17 @@ def test_concurrent_applies_of_one_version_apply_exactly_once(target_dsn, target
     request = load_fixture("foundation_v001.json")
     barrier = threading.Barrier(8)
     statuses: list[str] = []
+    recorded: list[Any] = []
     errors: list[BaseException] = []
 
     def worker() -> None:
         try:
             with psycopg.connect(target_dsn, autocommit=True) as conn:
                 barrier.wait()
-                statuses.append(run_schema_builder(request, conn, settings=settings).status)
+                outcome = run_schema_builder(
+                    request, conn, settings=settings, before_commit=recorded.append
+                )
+                statuses.append(outcome.status)
         except BaseException as exc:  # collected and re-raised in the main thread
             errors.append(exc)
 
@@ -168,8 +172,60 @@ def test_concurrent_applies_of_one_version_apply_exactly_once(target_dsn, target
         thread.join(timeout=120)
     assert not errors
     assert sorted(statuses) == ["applied"] + ["noop"] * 7
+    assert len(recorded) == 1  # only the apply that writes records an attempt
     with psycopg.connect(target_dsn, autocommit=True) as conn:
         assert [r[1] for r in ledger_rows(conn, target_schema)] == ["success"]
+
+
+@pytest.mark.slow
+def test_more_concurrent_applies_than_builder_threads_all_complete(
+    target_dsn, target_schema, monkeypatch
+):
+    # Twelve applies to twelve schemas at once with only two builder threads: read-aheads and
+    # scripts wait for a free thread (some while holding their schema's lock), none for ever.
+    from concurrent.futures import ThreadPoolExecutor
+
+    import builder.apply
+
+    pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="wf106-target-test")
+    monkeypatch.setattr(builder.apply, "_THREADS", pool)
+    schemas = [f"{target_schema}_{i}" for i in range(12)]
+    with psycopg.connect(target_dsn, autocommit=True) as conn:
+        for schema in schemas:
+            conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+    barrier = threading.Barrier(len(schemas))
+    statuses: list[str] = []
+    errors: list[BaseException] = []
+
+    def worker(schema: str) -> None:
+        try:
+            with psycopg.connect(target_dsn, autocommit=True) as conn:
+                barrier.wait()
+                outcome = run_schema_builder(
+                    envelope([PATIENTS]),
+                    conn,
+                    settings=settings_for(schema),
+                    before_commit=lambda prepared: time.sleep(0.05),
+                )
+                statuses.append(outcome.status)
+        except BaseException as exc:  # collected and re-raised in the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(s,)) for s in schemas]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+        assert not errors
+        assert statuses == ["applied"] * len(schemas)
+    finally:
+        pool.shutdown()
+        with psycopg.connect(target_dsn, autocommit=True) as conn:
+            for schema in schemas:
+                conn.execute(
+                    sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema))
+                )
 
 
 def apply_v2_while_patients_is_locked(
