@@ -210,7 +210,8 @@ def run_schema_builder(
     """Handle one request envelope end to end and return its Outcome.
 
     `conn` is an autocommit connection to the target database; it may be None only for a
-    request that turns out to be blocked or a `dry_run` preview, which never touch the target.
+    request that turns out to be blocked or a `dry_run` preview, which never write to the
+    target (a blocked request may have read its ledger: see `_read_ahead`).
     `before_commit` is called once, with the prepared request (its schema and SQL), while its
     script runs and before it commits (see `builder.apply.apply_attempt`); never for blocked,
     preview, noop and conflict answers.
