@@ -119,14 +119,17 @@ def apply_attempt(
     `read_ahead` is the lock-free ledger read of this version, started on `conn` while the
     request was being planned; it is waited for, and used if it read the right version.
     """
-    looked_up = None if read_ahead is None else read_ahead.result()
+    read_ahead_found = None if read_ahead is None else read_ahead.result()
     if conn.info.transaction_status != TransactionStatus.IDLE:
         raise ValueError("apply_attempt needs an idle connection (no transaction in progress)")
     started = time.monotonic()
     ledger_found = False
     if not attempt.force:
-        if looked_up is None or looked_up.version != attempt.schema.version:
-            looked_up = _read_without_lock(conn, settings.target_schema, attempt.schema.version)
+        version = attempt.schema.version
+        if read_ahead is not None and read_ahead.version == version:
+            looked_up = read_ahead_found
+        else:
+            looked_up = _read_without_lock(conn, settings.target_schema, version)
         if looked_up is not None:  # else: decided again, and reported, under the lock below
             ledger_found = looked_up.ledger_found
             existing = looked_up.existing
@@ -296,7 +299,6 @@ def _run_script(
 class LedgerLookup:
     """The lock-free read of one version's `success` row (None if there is none)."""
 
-    version: str
     existing: ledger.LedgerRow | None
     ledger_found: bool
 
@@ -314,10 +316,10 @@ def _read_without_lock(
     try:
         existing = ledger.find_applied(conn, target_schema, version)
     except psycopg.errors.UndefinedTable:
-        return LedgerLookup(version, None, ledger_found=False)
+        return LedgerLookup(None, ledger_found=False)
     except psycopg.Error:
         return None
-    return LedgerLookup(version, existing, ledger_found=True)
+    return LedgerLookup(existing, ledger_found=True)
 
 
 class ReadAhead:
