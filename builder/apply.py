@@ -12,12 +12,15 @@ One apply is:
 3. On an execution error: that transaction is rolled back (the target is exactly as before) and a
    `failed` row with the error is recorded in a transaction of its own.
 
-Round trips to the target for an apply: the lock-free read; `BEGIN` with the lock and the reads;
-the script with its ledger row; `COMMIT`.
+Round trips to the target for an apply: the lock-free read; `BEGIN` with the lock and the
+ledger read; the script with its ledger row (and, first, the read of which of its tables and
+indexes exist already); `COMMIT`. For a payload that has to be planned, the first two run on
+another thread while the request is planned (`ReadAhead`).
 """
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -116,20 +119,22 @@ def apply_attempt(
     ledger row says why, and `CallerFailed` is raised from its exception. It is not called for a
     noop or a conflict.
 
-    `read_ahead` is the lock-free ledger read of this version, started on `conn` while the
-    request was being planned; it is waited for, and used if it read the right version.
+    `read_ahead` is the ledger read of this version started on `conn` while the request was
+    being planned; it is waited for, and used if it read the right version. It may have begun
+    the apply's transaction and taken the lock already (`ReadAhead`); the apply goes on in it.
     """
-    read_ahead_found = None if read_ahead is None else read_ahead.result()
-    if conn.info.transaction_status != TransactionStatus.IDLE:
+    ahead = None if read_ahead is None else read_ahead.take(attempt.schema.version)
+    locked = None if ahead is None else ahead.locked
+    if locked is None and conn.info.transaction_status != TransactionStatus.IDLE:
         raise ValueError("apply_attempt needs an idle connection (no transaction in progress)")
     started = time.monotonic()
     ledger_found = False
     if not attempt.force:
-        version = attempt.schema.version
-        if read_ahead is not None and read_ahead.version == version:
-            looked_up = read_ahead_found
-        else:
-            looked_up = _read_without_lock(conn, settings.target_schema, version)
+        looked_up = (
+            ahead.lookup
+            if ahead is not None
+            else _read_without_lock(conn, settings.target_schema, attempt.schema.version)
+        )
         if looked_up is not None:  # else: decided again, and reported, under the lock below
             ledger_found = looked_up.ledger_found
             existing = looked_up.existing
@@ -143,7 +148,12 @@ def apply_attempt(
                 )
     try:
         result = _apply_in_transaction(
-            conn, attempt, settings, create_ledger=not ledger_found, before_commit=before_commit
+            conn,
+            attempt,
+            settings,
+            create_ledger=not ledger_found,
+            before_commit=before_commit,
+            ahead=ahead,
         )
     except _CallerError as failure:
         error = f"rolled back: recording the attempt failed: {failure.__cause__!r}"
@@ -169,10 +179,18 @@ def _apply_in_transaction(
     *,
     create_ledger: bool,
     before_commit: Callable[[], None] | None,
+    ahead: _Ahead | None = None,
 ) -> ApplyResult:
     target = settings.target_schema
     with _transaction(conn):
-        existing, before = _lock_and_read(conn, attempt, settings, create_ledger=create_ledger)
+        if ahead is not None and ahead.error is not None:
+            raise ahead.error  # taking the lock ahead failed: reported like any database error
+        if ahead is not None and ahead.locked is not None:
+            existing = ahead.locked.existing
+        else:
+            existing = _lock_and_read(
+                conn, attempt.schema.version, settings, create_ledger=create_ledger
+            )
         if existing is not None and existing.schema_hash != attempt.schema_hash:
             return ApplyResult(
                 status=CONFLICT,
@@ -188,32 +206,37 @@ def _apply_in_transaction(
                 applied_schema_hash=existing.schema_hash,
             )
         status = ledger.STATUS_REAPPLIED if existing is not None else ledger.STATUS_SUCCESS
-        tables = tuple(t.name for t in attempt.schema.tables if t.name not in before)
-        indexes = tuple(
-            i.name for t in attempt.schema.tables for i in t.indexes if i.name not in before
-        )
+        tables = [t.name for t in attempt.schema.tables]
+        indexes = [i.name for t in attempt.schema.tables for i in t.indexes]
         row = _ledger_row(attempt, status, execution_ms=None)
-        metadata = {
-            **row.metadata,
-            "tables_created": list(tables),
-            "indexes_created": list(indexes),
-        }
-        row = replace(row, metadata=metadata)
-        # The script and its ledger row in one round trip: the row's INSERT runs only if every
-        # statement of the script succeeded, and records the server's time for the script.
-        message = (
-            attempt.script.encode() + b";\n" + ledger.insert_row_sql(target, row).as_bytes(conn)
+        # One round trip: which of the schema's relations exist already (kept for the ledger
+        # row in a transaction-local setting), the script, then its ledger row, which runs only
+        # if every statement of the script succeeded and records the server's time for it.
+        message = b";\n".join(
+            [
+                _existing_relations_sql(target, [*tables, *indexes]).as_bytes(conn),
+                attempt.script.encode(),
+                ledger.insert_row_sql(
+                    target,
+                    row,
+                    more_metadata={
+                        "tables_created": _created_sql(tables),
+                        "indexes_created": _created_sql(indexes),
+                    },
+                ).as_bytes(conn),
+            ]
         )
-        ledger_id, applied_at = _run_script(conn, message, before_commit)
+        ledger_id, applied_at, existed = _run_script(conn, message, before_commit)
         _commit(conn)
+    before = set(existed)
     return ApplyResult(
         status=APPLIED,
         ledger_id=ledger_id,
         applied_at=applied_at,
         applied_schema_hash=attempt.schema_hash,
-        tables_created=tables,
-        indexes_created=indexes,
-        existing_tables=tuple(t.name for t in attempt.schema.tables if t.name in before),
+        tables_created=tuple(name for name in tables if name not in before),
+        indexes_created=tuple(name for name in indexes if name not in before),
+        existing_tables=tuple(name for name in tables if name in before),
         reapplied=existing is not None,
     )
 
@@ -271,13 +294,19 @@ def _on_thread(task: Callable[[], _T]) -> Future[_T]:
 
 def _run_script(
     conn: psycopg.Connection[Any], message: bytes, before_commit: Callable[[], None] | None
-) -> tuple[str, datetime]:
-    """Run the script and its ledger INSERT; call `before_commit` meanwhile; return the row."""
+) -> tuple[str, datetime, list[str]]:
+    """Run the script message; call `before_commit` meanwhile.
 
-    def execute() -> tuple[str, datetime]:
+    Return the ledger row's id and time, and the relations that existed before the script.
+    """
+
+    def execute() -> tuple[str, datetime, list[str]]:
         with conn.cursor() as cur:
             cur.execute(message)
-            return ledger.inserted_row(cur.set_result(-1).fetchone())
+            ledger_id, applied_at = ledger.inserted_row(cur.set_result(-1).fetchone())
+            existing = cur.set_result(0).fetchone()
+            assert existing is not None  # SELECT set_config(...) always returns one row
+            return ledger_id, applied_at, json.loads(existing[0])
 
     if before_commit is None:
         return execute()
@@ -322,46 +351,114 @@ def _read_without_lock(
     return LedgerLookup(existing, ledger_found=True)
 
 
+@dataclass(frozen=True)
+class LockedRead:
+    """The version's `success` row as read under the target's lock, in an open transaction."""
+
+    existing: ledger.LedgerRow | None
+
+
+@dataclass(frozen=True)
+class _Ahead:
+    """What a `ReadAhead` did: its lock-free read, and the transaction it began, if any."""
+
+    lookup: LedgerLookup | None
+    locked: LockedRead | None = None
+    error: psycopg.Error | None = None  # taking the lock failed (the transaction is gone)
+
+
+# How long `ReadAhead.wait` lets an unwanted read finish before it cancels it: a read that is
+# not waiting for the lock ends in well under this.
+_CANCEL_AFTER_S = 0.05
+
+
 class ReadAhead:
-    """The lock-free ledger read of a version, started on another thread.
+    """The ledger reads of a version, started on another thread while the request is planned.
 
     A request that may apply starts it on its target connection as soon as the envelope is
     parsed, with the caller's `schema_version`, and then normalizes, renders and parser-checks
-    the schema meanwhile (pglast releases the GIL while it parses). The connection belongs to
-    the read until `result()` or `wait()` has returned: call one of them before anything else
-    uses it, whatever happens to the request.
+    the schema meanwhile (pglast releases the GIL while it parses). The thread reads the
+    version's `success` row without a lock. If there is none and the ledger exists, it goes on
+    to begin the apply's transaction, take the target's lock and read the row again under it
+    (`_lock_and_read`), and leaves that transaction open for `apply_attempt`. The target is not
+    changed in any way before the request has been planned: a missing ledger is created by
+    `apply_attempt` itself, and a request found invalid releases the lock by rolling back.
+
+    The connection belongs to the read until `take()` or `wait()` has returned: call one of them
+    before anything else uses it, whatever happens to the request; `wait()` also ends a
+    transaction that `apply_attempt` did not take over.
     """
 
-    def __init__(self, conn: psycopg.Connection[Any], target_schema: str, version: str) -> None:
+    def __init__(
+        self, conn: psycopg.Connection[Any], settings: ApplySettings, version: str
+    ) -> None:
         self.version = version
-        self._future = _on_thread(lambda: _read_without_lock(conn, target_schema, version))
+        self._conn = conn
+        self._unwanted = threading.Event()
+        self._future = _on_thread(lambda: _look_ahead(conn, settings, version, self._unwanted))
 
-    def result(self) -> LedgerLookup | None:
-        """Wait for the read; return what it found (None if it failed)."""
+    def take(self, version: str) -> _Ahead | None:
+        """Wait for the reads; return them if they were of `version`, else end them (None)."""
+        if version != self.version:
+            self.wait()
+            return None
         return self._future.result()
 
     def wait(self) -> None:
-        """Wait for the read to end, however it ended."""
+        """End the reads, however far they got, and leave the connection idle.
+
+        A read still running after `_CANCEL_AFTER_S` (waiting for the lock that another apply
+        holds) is cancelled: a request that is not going to apply does not wait for the lock.
+        """
+        self._unwanted.set()
+        conn = self._conn
         with suppress(Exception):  # only that the connection is free again matters here
-            self._future.result()
+            while True:
+                try:
+                    self._future.result(timeout=_CANCEL_AFTER_S)
+                    break
+                except TimeoutError:
+                    conn.cancel_safe()
+        if not conn.broken and conn.info.transaction_status != TransactionStatus.IDLE:
+            conn.execute(b"ROLLBACK")
+
+
+def _look_ahead(
+    conn: psycopg.Connection[Any],
+    settings: ApplySettings,
+    version: str,
+    unwanted: threading.Event,
+) -> _Ahead:
+    """The work of a `ReadAhead`, on its thread."""
+    lookup = _read_without_lock(conn, settings.target_schema, version)
+    if lookup is None or lookup.existing is not None or not lookup.ledger_found:
+        return _Ahead(lookup)
+    if unwanted.is_set():
+        return _Ahead(lookup)
+    try:
+        existing = _lock_and_read(conn, version, settings, create_ledger=False)
+    except psycopg.Error as exc:
+        with suppress(psycopg.Error):
+            if not conn.broken and conn.info.transaction_status != TransactionStatus.IDLE:
+                conn.execute(b"ROLLBACK")
+        return _Ahead(lookup, error=exc)
+    return _Ahead(lookup, locked=LockedRead(existing))
 
 
 def _lock_and_read(
     conn: psycopg.Connection[Any],
-    attempt: Attempt,
+    version: str,
     settings: ApplySettings,
     *,
     create_ledger: bool = True,
-) -> tuple[ledger.LedgerRow | None, set[str]]:
-    """Start the apply transaction in one round trip; return the applied row and relations.
+) -> ledger.LedgerRow | None:
+    """Begin the apply transaction in one round trip; return the version's applied row.
 
     In order: `BEGIN`; wait at most `lock_wait_ms` for the target's transaction-level advisory
     lock; then set `lock_timeout` and `statement_timeout` for the rest of the transaction;
     create the ledger if it is missing (unless `create_ledger` is false: the caller just read
-    it); read the version's successful ledger row, and which of the schema's tables and indexes
-    exist already in the target schema (by name, through pg_class's name index: a scan of the
-    schema's relations grows with every relation of the database). The statements carry their
-    values as quoted literals (psycopg's `sql.Literal`) so that they can go as one simple query.
+    it); read the version's successful ledger row. The statements carry their values as
+    quoted literals (psycopg's `sql.Literal`) so that they can go as one simple query.
     """
     target = settings.target_schema
     statements = [
@@ -373,24 +470,46 @@ def _lock_and_read(
         _set_local_sql("lock_timeout", f"{settings.lock_timeout_ms}ms"),
         _set_local_sql("statement_timeout", f"{settings.statement_timeout_ms}ms"),
         *([ledger.ensure_ledger_sql(target)] if create_ledger else []),
-        ledger.find_applied_sql(target, attempt.schema.version),
-        sql.SQL(
-            "SELECT c.relname FROM pg_catalog.pg_class c "
-            "WHERE c.relnamespace = "
-            "(SELECT n.oid FROM pg_catalog.pg_namespace n WHERE n.nspname = {}) "
-            "AND c.relname = ANY({}) AND c.relkind IN ('r', 'p', 'i', 'I')"
-        ).format(sql.Literal(target), sql.Literal(_relation_names(attempt.schema))),
+        ledger.find_applied_sql(target, version),
     ]
     with conn.cursor() as cur:
         cur.execute(sql.SQL(";\n").join(statements))
-        existing = ledger.ledger_row(cur.set_result(-2).fetchone())
-        before = {row[0] for row in cur.set_result(-1).fetchall()}
-    return existing, before
+        return ledger.ledger_row(cur.set_result(-1).fetchone())
 
 
-def _relation_names(schema: Schema) -> list[str]:
-    """Return the names of the tables and indexes that `schema` creates."""
-    return [name for t in schema.tables for name in (t.name, *(i.name for i in t.indexes))]
+# A transaction-local setting that keeps, for the ledger row at the end of the script message,
+# which of the schema's relations existed before the script ran (a JSON array of names).
+_EXISTING_SETTING = "wf106.existing_relations"
+
+
+def _existing_relations_sql(target_schema: str, names: list[str]) -> sql.Composed:
+    """Return the statement that reads which of `names` exist in the target schema.
+
+    It answers them as a JSON array and keeps them in `_EXISTING_SETTING` until the transaction
+    ends. Lookup by name goes through pg_class's `(relname, relnamespace)` index: a scan of the
+    schema's relations would grow with every relation of the database.
+    """
+    return sql.SQL(
+        "SELECT set_config({setting}, coalesce(("
+        "SELECT jsonb_agg(c.relname) FROM pg_catalog.pg_class c "
+        "WHERE c.relnamespace = "
+        "(SELECT n.oid FROM pg_catalog.pg_namespace n WHERE n.nspname = {schema}) "
+        "AND c.relname = ANY({names}::text[]) AND c.relkind IN ('r', 'p', 'i', 'I')"
+        "), '[]')::text, true)"
+    ).format(
+        setting=sql.Literal(_EXISTING_SETTING),
+        schema=sql.Literal(target_schema),
+        names=sql.Literal(names),
+    )
+
+
+def _created_sql(names: list[str]) -> sql.Composed:
+    """Return a JSON array expression: those of `names` that did not exist before the script."""
+    return sql.SQL(
+        "(SELECT coalesce(jsonb_agg(u.name ORDER BY u.position), '[]') "
+        "FROM unnest({names}::text[]) WITH ORDINALITY AS u(name, position) "
+        "WHERE NOT current_setting({setting})::jsonb ? u.name)"
+    ).format(names=sql.Literal(names), setting=sql.Literal(_EXISTING_SETTING))
 
 
 def _set_local_sql(name: str, value: str) -> sql.Composed:

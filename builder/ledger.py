@@ -159,6 +159,9 @@ SERVER_ELAPSED_MS = sql.SQL(
 )
 
 
+_METADATA = 10  # the position of "metadata" in _INSERT_ROW's columns
+
+
 def _row_values(row: NewLedgerRow) -> list[Any]:
     """The values of `_INSERT_ROW`'s columns, in order (`execution_ms` last)."""
     return [
@@ -190,16 +193,29 @@ def insert_row(
     return inserted_row(conn.execute(query, values).fetchone())
 
 
-def insert_row_sql(target_schema: str, row: NewLedgerRow) -> sql.Composed:
+def insert_row_sql(
+    target_schema: str,
+    row: NewLedgerRow,
+    *,
+    more_metadata: dict[str, sql.Composable] | None = None,
+) -> sql.Composed:
     """Return the INSERT of `insert_row` with its values as quoted literals.
 
     It can then go in one simple query after the script it records, so `execution_ms` is the
     server's own time for that script (`SERVER_ELAPSED_MS`); `row.execution_ms` is ignored.
+    `more_metadata` adds keys to `row.metadata` whose values are SQL expressions (jsonb) that
+    the server evaluates when the row is inserted.
     """
     *values, _execution_ms = _row_values(row)
+    literals: list[sql.Composable] = [sql.Literal(v) for v in values]
+    if more_metadata:
+        pairs = [sql.SQL("{}, {}").format(sql.Literal(k), v) for k, v in more_metadata.items()]
+        literals[_METADATA] = sql.SQL("({} || jsonb_build_object({}))").format(
+            literals[_METADATA], sql.SQL(", ").join(pairs)
+        )
     return _INSERT_ROW.format(
         table=ledger_table(target_schema),
-        values=sql.SQL(", ").join([*(sql.Literal(v) for v in values), SERVER_ELAPSED_MS]),
+        values=sql.SQL(", ").join([*literals, SERVER_ELAPSED_MS]),
     )
 
 

@@ -211,7 +211,7 @@ def run_schema_builder(
 
     `conn` is an autocommit connection to the target database; it may be None only for a
     request that turns out to be blocked or a `dry_run` preview, which never write to the
-    target (a blocked request may have read its ledger: see `_read_ahead`).
+    target (a blocked request may have read its ledger and taken its lock: see `_read_ahead`).
     `before_commit` is called once, with the prepared request (its schema and SQL), while its
     script runs and before it commits (see `builder.apply.apply_attempt`); never for blocked,
     preview, noop and conflict answers.
@@ -232,15 +232,16 @@ def run_schema_builder(
 def _read_ahead(
     conn: psycopg.Connection[Any] | None, envelope: Envelope, settings: applying.ApplySettings
 ) -> applying.ReadAhead | None:
-    """Start the lock-free ledger read of a request that may apply, before it is planned.
+    """Start the ledger reads of a request that may apply, before it is planned.
 
-    The caller's `schema_version` is read before validation: a version that validation changes
-    or refuses costs one needless read, and the apply then reads again.
+    They may take the target's lock (see `builder.apply.ReadAhead`). The caller's
+    `schema_version` is read before validation: a version that validation changes or refuses
+    costs needless reads, and the apply then reads again.
     """
     version = _raw_version(envelope)
     if conn is None or not version or envelope.dry_run or envelope.force_apply:
         return None
-    return applying.ReadAhead(conn, settings.target_schema, version)
+    return applying.ReadAhead(conn, settings, version)
 
 
 def _run(

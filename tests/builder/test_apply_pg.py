@@ -460,7 +460,7 @@ def test_a_failing_before_commit_rolls_the_apply_back_and_is_recorded(
     assert again.status == "applied"
 
 
-def test_the_lock_free_read_runs_on_another_thread_while_a_new_request_is_planned(
+def test_the_ledger_reads_run_on_another_thread_while_a_new_request_is_planned(
     target_conn, target_schema, monkeypatch
 ):
     import builder.apply
@@ -469,35 +469,53 @@ def test_the_lock_free_read_runs_on_another_thread_while_a_new_request_is_planne
     settings = settings_for(target_schema)
     calls: list[tuple[str, bool]] = []
     read = builder.apply._read_without_lock
+    lock = builder.apply._lock_and_read
     prepare = builder.service._prepare
     main = threading.current_thread()
 
-    def spy_read(conn, target, version):
+    def on_main() -> bool:
         thread = threading.current_thread()
         assert thread is main or thread.name.startswith("wf106-target")
-        calls.append(("read " + version, thread is main))
+        return thread is main
+
+    def spy_read(conn, target, version):
+        calls.append(("read " + version, on_main()))
         return read(conn, target, version)
 
+    def spy_lock(conn, version, *args, **kwargs):
+        calls.append(("lock " + version, on_main()))
+        return lock(conn, version, *args, **kwargs)
+
     def spy_prepare(*args):
-        calls.append(("plan", threading.current_thread() is main))
+        calls.append(("plan", on_main()))
         return prepare(*args)
 
     monkeypatch.setattr(builder.apply, "_read_without_lock", spy_read)
+    monkeypatch.setattr(builder.apply, "_lock_and_read", spy_lock)
     monkeypatch.setattr(builder.service, "_prepare", spy_prepare)
-    outcomes = [
-        run_schema_builder(envelope([PATIENTS]), target_conn, settings=settings).status
-        for _ in range(2)
-    ]
-    assert outcomes == ["applied", "noop"]
-    assert calls == [
-        # A payload not planned before: read ahead on a pool thread, planned meanwhile, and
-        # not read a second time.
-        ("read 001", False),
-        ("plan", True),
-        # Planned before (a retry): nothing to overlap; one read, after the plan.
-        ("plan", True),
-        ("read 001", True),
-    ]
+
+    def run(version: str) -> str:
+        calls.clear()
+        request = envelope([PATIENTS], version=version)
+        return run_schema_builder(request, target_conn, settings=settings).status
+
+    # The first apply to a target without a ledger: read ahead on a builder thread, then
+    # planned; the ledger is created under the lock, on the request's thread, once planned.
+    assert run("001") == "applied"
+    assert calls == [("read 001", False), ("plan", True), ("lock 001", True)]
+    # A new version: the thread reads, then takes the lock and reads again under it, while the
+    # request is planned (in either order); the apply goes on in that transaction.
+    assert run("002") == "applied"
+    assert calls[0] == ("read 002", False)
+    assert sorted(calls[1:]) == [("lock 002", False), ("plan", True)]
+    # Planned before (a retry): nothing to overlap; one lock-free read, after the plan.
+    assert run("002") == "noop"
+    assert calls == [("plan", True), ("read 002", True)]
+    # A version applied before, in a payload not planned before (another process planned it):
+    # the lock-free read answers; no lock.
+    builder.service.clear_plan_cache()
+    assert run("001") == "noop"
+    assert calls == [("read 001", False), ("plan", True)]
 
     # Previews, forced applies and requests without a usable version read nothing ahead.
     calls.clear()
@@ -507,23 +525,130 @@ def test_the_lock_free_read_runs_on_another_thread_while_a_new_request_is_planne
         envelope([PATIENTS], version=""),
     ]:
         run_schema_builder(request, target_conn, settings=settings)
-    assert calls == [("plan", True)] * 3
+    assert [call for call in calls if call[0] == "plan"] == [("plan", True)] * 3
+    assert not [call for call in calls if not call[1]]
+
+
+def advisory_locks(conn: psycopg.Connection, pid: int) -> int:
+    row = conn.execute(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = %s", [pid]
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
 
 
 def test_a_blocked_request_leaves_the_target_connection_idle_and_the_target_unchanged(
-    target_conn, target_schema
+    target_dsn, target_conn, target_schema
 ):
     settings = settings_for(target_schema)
     run_schema_builder(envelope([PATIENTS]), target_conn, settings=settings)
     before = relations(target_conn, target_schema), ledger_rows(target_conn, target_schema)
     bad = envelope([{**PATIENTS, "columns": [{"name": "x", "type": "NOT A TYPE"}]}], "002")
-    for _ in range(3):  # read ahead for version 002, then blocked by validation
-        outcome = run_schema_builder(bad, target_conn, settings=settings)
-        assert outcome.status == "blocked"
-        assert target_conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    with psycopg.connect(target_dsn, autocommit=True) as observer:
+        for _ in range(3):  # read ahead for version 002 (maybe locked), then blocked
+            outcome = run_schema_builder(bad, target_conn, settings=settings)
+            assert outcome.status == "blocked"
+            assert target_conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+            assert advisory_locks(observer, target_conn.info.backend_pid) == 0
     assert (relations(target_conn, target_schema), ledger_rows(target_conn, target_schema)) == (
         before
     )
+
+
+def test_a_blocked_request_does_not_wait_for_the_lock_another_apply_holds(
+    target_dsn, target_conn, target_schema, monkeypatch
+):
+    import builder.apply
+
+    settings = settings_for(target_schema, lock_wait_ms=30_000)
+    run_schema_builder(envelope([PATIENTS]), target_conn, settings=settings)
+    bad = envelope([{**PATIENTS, "columns": [{"name": "x", "type": "NOT A TYPE"}]}], "002")
+    locking = threading.Event()
+    lock = builder.apply._lock_and_read
+
+    def spy_lock(*args, **kwargs):
+        locking.set()
+        return lock(*args, **kwargs)
+
+    monkeypatch.setattr(builder.apply, "_lock_and_read", spy_lock)
+    prepare = builder.service._prepare
+
+    def slow_prepare(*args):
+        # Planned only once the read ahead is waiting for the lock.
+        assert locking.wait(10)
+        return prepare(*args)
+
+    import builder.service
+
+    monkeypatch.setattr(builder.service, "_prepare", slow_prepare)
+    with psycopg.connect(target_dsn, autocommit=True) as holder:
+        holder.execute(
+            "SELECT pg_advisory_lock(hashtextextended(%s, 0))", [f"wf106:{target_schema}"]
+        )
+        started = time.monotonic()
+        outcome = run_schema_builder(bad, target_conn, settings=settings)
+        elapsed = time.monotonic() - started
+        assert outcome.status == "blocked"
+        # The wait for the lock was cancelled, not sat out (lock_wait_ms is 30 s).
+        assert elapsed < 10
+        assert target_conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        assert advisory_locks(holder, target_conn.info.backend_pid) == 0
+    assert run_schema_builder(envelope([PATIENTS]), target_conn, settings=settings).status == (
+        "noop"
+    )
+
+
+def test_a_lock_wait_that_times_out_ahead_is_reported_once_and_not_waited_again(
+    target_dsn, target_conn, target_schema, monkeypatch
+):
+    import builder.apply
+
+    settings = settings_for(target_schema, lock_wait_ms=200)
+    run_schema_builder(envelope([PATIENTS]), target_conn, settings=settings)
+    locks: list[bool] = []
+    lock = builder.apply._lock_and_read
+
+    def spy_lock(*args, **kwargs):
+        locks.append(threading.current_thread() is threading.main_thread())
+        return lock(*args, **kwargs)
+
+    monkeypatch.setattr(builder.apply, "_lock_and_read", spy_lock)
+    with psycopg.connect(target_dsn, autocommit=True) as holder:
+        holder.execute(
+            "SELECT pg_advisory_lock(hashtextextended(%s, 0))", [f"wf106:{target_schema}"]
+        )
+        outcome = run_schema_builder(
+            envelope([PATIENTS], version="002"), target_conn, settings=settings
+        )
+    assert outcome.status == "failed"
+    assert outcome.error.startswith("55P03")
+    assert locks == [False]  # tried once, ahead, on a builder thread
+    rows = ledger_rows(target_conn, target_schema)
+    assert [(r[0], r[1]) for r in rows] == [("001", "success"), ("002", "failed")]
+
+
+def test_an_apply_given_a_read_ahead_of_another_version_reads_its_own(
+    target_dsn, target_conn, target_schema
+):
+    from builder import service
+    from builder.apply import ReadAhead, apply_attempt
+
+    settings = settings_for(target_schema)
+    run_schema_builder(envelope([PATIENTS]), target_conn, settings=settings)
+    prepared = service.prepare(envelope([PATIENTS], version="002"), target_schema=target_schema)
+    assert isinstance(prepared, service.Prepared)
+    # A read ahead of version 003 takes the lock (nothing of 003 is applied) ...
+    ahead = ReadAhead(target_conn, settings, "003")
+    try:
+        result = apply_attempt(target_conn, service._attempt(prepared), settings, read_ahead=ahead)
+    finally:
+        ahead.wait()
+    # ... and is rolled back: version 002 is applied in a transaction of its own.
+    assert result.status == "applied"
+    assert target_conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    with psycopg.connect(target_dsn, autocommit=True) as observer:
+        assert advisory_locks(observer, target_conn.info.backend_pid) == 0
+    assert [r[0] for r in ledger_rows(target_conn, target_schema)] == ["001", "002"]
 
 
 def test_only_relations_of_the_target_schema_count_as_existing(
@@ -544,6 +669,36 @@ def test_only_relations_of_the_target_schema_count_as_existing(
     outputs = outcome.response["result"]["primary_outputs"]
     assert (outputs["tables_created"], outputs["indexes_created"]) == (1, 3)
     assert outputs["warnings"] == []
+
+
+def test_the_ledger_row_names_what_the_script_created_as_the_server_saw_it(
+    target_conn, target_schema
+):
+    settings = settings_for(target_schema)
+    first = run_schema_builder(envelope([PATIENTS]), target_conn, settings=settings)
+    patients_indexes = [i.name for t in first.schema.tables for i in t.indexes]
+    outcome = run_schema_builder(
+        envelope([PATIENTS, APPOINTMENTS], version="002"), target_conn, settings=settings
+    )
+    assert outcome.status == "applied"
+    metadata = target_conn.execute(
+        sql.SQL("SELECT metadata FROM {} WHERE id = %s").format(
+            sql.Identifier(target_schema, "schema_migrations")
+        ),
+        [outcome.migration_log_id],
+    ).fetchone()[0]
+    indexes = [i.name for t in outcome.schema.tables for i in t.indexes]
+    created = [i for i in indexes if i not in patients_indexes]
+    assert patients_indexes and created  # both kinds are there
+    # In the schema's order, as the server saw the target before the script ran.
+    assert metadata["tables_created"] == ["appointments"]
+    assert metadata["indexes_created"] == created
+    outputs = outcome.response["result"]["primary_outputs"]
+    assert (outputs["tables_created"], outputs["indexes_created"]) == (1, len(created))
+    assert outputs["warnings"] == [
+        "Table 'patients' already existed; its columns were left unchanged "
+        "(comparing existing tables with the schema is not built yet)."
+    ]
 
 
 class _WorkerStopping(BaseException):
