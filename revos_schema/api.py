@@ -31,7 +31,7 @@ from builder.errors import ValidationIssue
 from builder.request_json import InvalidRequestJSON, parse_request_json
 from revos_schema import api_docs
 from revos_schema.models import SchemaSubmission
-from revos_schema.services import submit_envelope
+from revos_schema.services import OutcomeNotStored, submit_envelope
 
 logger = logging.getLogger(__name__)
 
@@ -145,6 +145,17 @@ class SchemaBuilderView(WebhookView):
                 status.HTTP_503_SERVICE_UNAVAILABLE,
                 "failed",
                 summary="The target database is unavailable; nothing was applied. Retry later.",
+            )
+        except OutcomeNotStored as exc:
+            logger.exception("storing the outcome of a submission failed")
+            return _error_response(
+                status.HTTP_500_INTERNAL_SERVER_ERROR,
+                "failed",
+                summary=(
+                    f"Internal error: the request was {exc.outcome.status}, but that could not be "
+                    "stored. The target database's migration ledger has the record; retrying the "
+                    "same request is safe."
+                ),
             )
         return Response(_link(outcome.response, submission), status=outcome.http_status)
 

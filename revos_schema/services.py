@@ -15,7 +15,7 @@ from typing import Any
 
 import psycopg
 from django.conf import settings
-from django.db import connections
+from django.db import connections, transaction
 from django.db.models import JSONField, Value
 from psycopg_pool import ConnectionPool
 
@@ -89,6 +89,18 @@ def target_connection() -> Iterator[psycopg.Connection[Any]]:
         yield conn
 
 
+class OutcomeNotStored(Exception):
+    """The builder finished the request, but storing its outcome failed (the cause says why).
+
+    The submission is left as it was stored before (`received`, with its SQL, for a request that
+    wrote to the target); what happened to the target is in its migration ledger.
+    """
+
+    def __init__(self, outcome: Outcome) -> None:
+        super().__init__(f"the {outcome.status} outcome of a request could not be stored")
+        self.outcome = outcome
+
+
 def submit_envelope(
     raw: object, *, source: str, actor: str = ""
 ) -> tuple[Outcome, SchemaSubmission]:
@@ -97,9 +109,11 @@ def submit_envelope(
     A request that is going to write to the target is stored as `received`, with its SQL, while
     its script runs and before the target commits (the builder's `before_commit`): a change
     committed to the target is on record even if this process dies before storing the outcome.
-    The outcome then updates that row. Blocked, preview, noop and conflict answers never write to
-    the target and are stored once, in their final state. If the target database cannot be
-    reached, the request is stored as `failed` and the error re-raised.
+    The outcome then updates that row, in one transaction with the events the builder emitted
+    (the `schema_migration_applied` event of an apply): an event is on record exactly when the
+    outcome it belongs to is. Blocked, preview, noop and conflict answers never write to the
+    target and are stored once, in their final state. If the target database cannot be reached,
+    the request is stored as `failed` and the error re-raised.
     """
     submission = SchemaSubmission(
         source=source,
@@ -113,24 +127,23 @@ def submit_envelope(
         _record_request(submission, prepared)
         submission.save(force_insert=True)
 
-    def record_event(event: dict[str, Any]) -> None:
-        SchemaEvent.objects.create(
-            event_type=event["event_type"], submission=submission, payload=event
-        )
-
+    events: list[dict[str, Any]] = []
     try:
         with target_connection() as conn:
             outcome = run_schema_builder(
                 raw,
                 conn,
                 settings=builder_settings(),
-                emit=record_event,
+                emit=events.append,
                 before_commit=record_attempt,
             )
     except psycopg.OperationalError as exc:
         _store_unavailable(submission, exc)
         raise
-    _store_outcome(submission, outcome)
+    try:
+        _store_outcome(submission, outcome, events)
+    except Exception as exc:
+        raise OutcomeNotStored(outcome) from exc
     return outcome, submission
 
 
@@ -171,7 +184,10 @@ def _record_request(submission: SchemaSubmission, planned: Prepared | Outcome) -
         submission.generated_sql = planned.migration.script
 
 
-def _store_outcome(submission: SchemaSubmission, outcome: Outcome) -> None:
+def _store_outcome(
+    submission: SchemaSubmission, outcome: Outcome, events: list[dict[str, Any]]
+) -> None:
+    """Store the outcome and its events together (one commit, so one WAL flush, for both)."""
     submission.status = outcome.status
     submission.http_status = outcome.http_status
     submission.response = outcome.response
@@ -180,7 +196,15 @@ def _store_outcome(submission: SchemaSubmission, outcome: Outcome) -> None:
     submission.migration_log_id = outcome.migration_log_id
     if submission._state.adding:
         _record_request(submission, outcome)
-    _save(submission)
+    if not events:
+        _save(submission)
+        return
+    with transaction.atomic():
+        _save(submission)
+        SchemaEvent.objects.bulk_create(
+            SchemaEvent(event_type=event["event_type"], submission=submission, payload=event)
+            for event in events
+        )
 
 
 def _store_unavailable(submission: SchemaSubmission, exc: psycopg.OperationalError) -> None:

@@ -298,6 +298,37 @@ def test_an_apply_that_cannot_be_recorded_is_rolled_back_500_and_in_the_ledger(
     assert "recording the attempt failed" in rows[0][2]
 
 
+def test_an_outcome_and_its_event_are_stored_together_or_not_at_all(
+    client, target, target_dsn, monkeypatch
+):
+    import psycopg
+    from django.db import DatabaseError
+
+    def event_log_full(*args, **kwargs):
+        raise DatabaseError("the event log is full")
+
+    monkeypatch.setattr(SchemaEvent.objects, "bulk_create", event_log_full)
+    response = post(client, load_fixture("foundation_v001.json"))
+
+    # The target committed: the answer says so, without internals, and points at the ledger.
+    assert response.status_code == 500
+    assert_envelope(response.json(), "failed")
+    assert "the request was applied" in response.json()["result"]["summary"]
+    assert "event log" not in response.content.decode()
+    # Neither the event nor the outcome: the submission is still `received`, with its SQL.
+    assert not SchemaEvent.objects.exists()
+    stored = SchemaSubmission.objects.get()
+    assert (stored.status, stored.schema_version) == ("received", "001")
+    assert stored.generated_sql.startswith("-- WF106 schema v001")
+    with psycopg.connect(target_dsn) as conn:
+        rows = conn.execute(
+            sql.SQL("SELECT version, status FROM {}").format(
+                sql.Identifier(target, "schema_migrations")
+            )
+        ).fetchall()
+    assert rows == [("001", "success")]
+
+
 def test_an_unreachable_target_is_503_and_the_request_is_stored_failed(
     client, target, settings, monkeypatch
 ):

@@ -4,6 +4,7 @@ a request costs few app-database queries."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 from django.contrib.auth.models import Group, Permission, User
@@ -114,12 +115,15 @@ def test_with_another_authentication_backend_has_perm_decides(target, settings, 
     assert not any("holds_permission" in q["sql"] for q in queries.captured_queries)
 
 
-def app_queries(client_call) -> list[str]:
+def app_queries(client_call) -> tuple[Any, list[str]]:
     with CaptureQueriesContext(connection) as queries:
         response = client_call()
     return response, [q["sql"] for q in queries.captured_queries]
 
 
+# Not in a test transaction: the queries run as in production (autocommit; BEGIN and COMMIT are
+# captured as queries too).
+@pytest.mark.django_db(transaction=True)
 def test_a_noop_costs_two_app_queries_and_writes_its_submission_once(target):
     api = client_for(account("group"))
     body = json.dumps(load_fixture("foundation_v001.json"))
@@ -133,9 +137,17 @@ def test_a_noop_costs_two_app_queries_and_writes_its_submission_once(target):
     assert applied.json()["result"]["status"] == "applied"
     assert noop.json()["result"]["status"] == "noop"
     # An apply: the token with the permission, the submission stored as `received` before the
-    # target commits, the event, and the submission's outcome.
-    assert [q.split()[0] for q in applied_sql] == ["SELECT", "INSERT", "INSERT", "UPDATE"]
+    # target commits, then the submission's outcome and the event in one transaction.
+    assert [q.split()[0] for q in applied_sql] == [
+        "SELECT",
+        "INSERT",
+        "BEGIN",
+        "UPDATE",
+        "INSERT",
+        "COMMIT",
+    ]
     assert "authtoken_token" in applied_sql[0] and "holds_permission" in applied_sql[0]
+    assert "schemaevent" in applied_sql[4]
     # The request and its plan (schema, SQL) are written once, with the `received` row.
     assert '"envelope"' not in applied_sql[3] and '"generated_sql"' not in applied_sql[3]
     assert '"generated_sql"' in applied_sql[1]
