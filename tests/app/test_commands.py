@@ -73,6 +73,43 @@ def test_schema_apply_applies_then_noops_and_stores_submissions(target, target_c
 
 
 @pytest.mark.django_db(transaction=True)
+def test_schema_apply_says_what_happened_when_the_outcome_cannot_be_stored(
+    target, target_conn, monkeypatch
+):
+    from django.db import DatabaseError
+
+    def event_log_full(*args, **kwargs):
+        raise DatabaseError("the event log is full")
+
+    monkeypatch.setattr(SchemaEvent.objects, "bulk_create", event_log_full)
+    output, error = run("schema_apply", FOUNDATION)
+    assert error is not None and error.returncode == 1
+    assert "the request was applied, but storing that failed" in str(error)
+    assert "the event log is full" in str(error)
+    assert json.loads(output)["result"]["status"] == "applied"
+    assert SchemaSubmission.objects.get().status == "received"
+    row = target_conn.execute(f'SELECT status FROM "{target}".schema_migrations').fetchone()
+    assert row == ("success",)
+
+
+def test_schema_apply_to_an_unreachable_target_fails_with_a_message(target, monkeypatch, settings):
+    from revos_schema import services
+
+    monkeypatch.setattr(
+        services, "target_conninfo", lambda: "host=127.0.0.1 port=1 dbname=nope user=nobody"
+    )
+    settings.WF106_TARGET_POOL_TIMEOUT_S = 0.5
+    try:
+        output, error = run("schema_apply", FOUNDATION)
+    finally:
+        services.close_target_pools()
+    assert error is not None and error.returncode == 1
+    assert str(error).startswith("target database unavailable")
+    assert output == ""
+    assert SchemaSubmission.objects.get().status == "failed"
+
+
+@pytest.mark.django_db(transaction=True)
 def test_schema_apply_dry_run_previews(target, target_conn):
     output, error = run("schema_apply", FOUNDATION, "--dry-run")
     assert error is None

@@ -1,6 +1,7 @@
 """`manage.py schema_apply FILE [--dry-run]`: run the webhook's service on FILE, print the envelope.
 
-Exit code 0 for applied, noop and preview; 1 for any other status; 2 for an unreadable file.
+Exit code 0 for applied, noop and preview; 1 for any other status, an unreachable target database,
+or an outcome that could not be stored (its envelope is printed first); 2 for an unreadable file.
 """
 
 from __future__ import annotations
@@ -8,10 +9,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import psycopg
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from revos_schema.management.commands._envelope import read_envelope
-from revos_schema.services import submit_envelope
+from revos_schema.services import OutcomeNotStored, submit_envelope
 
 OK_STATUSES = frozenset({"applied", "noop", "preview"})
 
@@ -36,7 +38,18 @@ class Command(BaseCommand):
             payload = envelope.get("payload")
             if isinstance(payload, dict):
                 envelope = {**envelope, "payload": {**payload, "dry_run": True}}
-        outcome, _submission = submit_envelope(envelope, source="cli", actor=options["actor"])
+        try:
+            outcome, _submission = submit_envelope(envelope, source="cli", actor=options["actor"])
+        except psycopg.OperationalError as exc:
+            raise CommandError(f"target database unavailable: {exc}", returncode=1) from exc
+        except OutcomeNotStored as exc:
+            # The target may have changed: say what the request did before the error.
+            self.stdout.write(json.dumps(exc.outcome.response, indent=2, default=str))
+            raise CommandError(
+                f"the request was {exc.outcome.status}, but storing that failed: {exc.__cause__}; "
+                "the target database's migration ledger has the record",
+                returncode=1,
+            ) from exc
         self.stdout.write(json.dumps(outcome.response, indent=2, default=str))
         if outcome.status not in OK_STATUSES:
             raise CommandError(f"status {outcome.status}", returncode=1)
