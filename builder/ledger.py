@@ -143,13 +143,23 @@ def find_applied(
     return ledger_row(conn.execute(query, [version, STATUS_SUCCESS]).fetchone())
 
 
+_INSERT_COLUMNS = (
+    "version",
+    "description",
+    "applied_by",
+    "checksum",
+    "status",
+    "sql_script",
+    "schema_hash",
+    "idempotency_key",
+    "tenant_id",
+    "workflow_run_id",
+    "metadata",
+    "error_message",
+    "execution_ms",
+)
 _INSERT_ROW = sql.SQL(
-    "INSERT INTO {table} "
-    '("version", "description", "applied_by", "checksum", "status", "sql_script", '
-    '"schema_hash", "idempotency_key", "tenant_id", "workflow_run_id", "metadata", '
-    '"error_message", "execution_ms") '
-    "VALUES ({values}) "
-    'RETURNING "id"::text, "applied_at"'
+    'INSERT INTO {table} ({columns}) VALUES ({values}) RETURNING "id"::text, "applied_at"'
 )
 
 # The time since the server received the current query message: appended to the script it
@@ -159,37 +169,41 @@ SERVER_ELAPSED_MS = sql.SQL(
 )
 
 
-_METADATA = 10  # the position of "metadata" in _INSERT_ROW's columns
+def _row_values(row: NewLedgerRow) -> dict[str, Any]:
+    """The values of `_INSERT_COLUMNS`, by column, in their order."""
+    values = {
+        "version": row.version,
+        "description": row.description,
+        "applied_by": row.applied_by,
+        "checksum": row.checksum,
+        "status": row.status,
+        "sql_script": row.sql_script,
+        "schema_hash": row.schema_hash,
+        "idempotency_key": row.idempotency_key,
+        "tenant_id": row.tenant_id,
+        "workflow_run_id": row.workflow_run_id,
+        "metadata": Jsonb(row.metadata),
+        "error_message": row.error_message,
+        "execution_ms": row.execution_ms,
+    }
+    assert tuple(values) == _INSERT_COLUMNS
+    return values
 
 
-def _row_values(row: NewLedgerRow) -> list[Any]:
-    """The values of `_INSERT_ROW`'s columns, in order (`execution_ms` last)."""
-    return [
-        row.version,
-        row.description,
-        row.applied_by,
-        row.checksum,
-        row.status,
-        row.sql_script,
-        row.schema_hash,
-        row.idempotency_key,
-        row.tenant_id,
-        row.workflow_run_id,
-        Jsonb(row.metadata),
-        row.error_message,
-        row.execution_ms,
-    ]
+def _insert_sql(target_schema: str, values: list[sql.Composable]) -> sql.Composed:
+    return _INSERT_ROW.format(
+        table=ledger_table(target_schema),
+        columns=sql.SQL(", ").join(map(sql.Identifier, _INSERT_COLUMNS)),
+        values=sql.SQL(", ").join(values),
+    )
 
 
 def insert_row(
     conn: psycopg.Connection[Any], target_schema: str, row: NewLedgerRow
 ) -> tuple[str, datetime]:
     """Insert one ledger row and return its id and `applied_at`."""
-    values = _row_values(row)
-    query = _INSERT_ROW.format(
-        table=ledger_table(target_schema),
-        values=sql.SQL(", ").join(sql.Placeholder() for _ in values),
-    )
+    values = list(_row_values(row).values())
+    query = _insert_sql(target_schema, [sql.Placeholder()] * len(values))
     return inserted_row(conn.execute(query, values).fetchone())
 
 
@@ -206,17 +220,14 @@ def insert_row_sql(
     `more_metadata` adds keys to `row.metadata` whose values are SQL expressions (jsonb) that
     the server evaluates when the row is inserted.
     """
-    *values, _execution_ms = _row_values(row)
-    literals: list[sql.Composable] = [sql.Literal(v) for v in values]
+    literals: dict[str, sql.Composable] = {k: sql.Literal(v) for k, v in _row_values(row).items()}
+    literals["execution_ms"] = SERVER_ELAPSED_MS
     if more_metadata:
         pairs = [sql.SQL("{}, {}").format(sql.Literal(k), v) for k, v in more_metadata.items()]
-        literals[_METADATA] = sql.SQL("({} || jsonb_build_object({}))").format(
-            literals[_METADATA], sql.SQL(", ").join(pairs)
+        literals["metadata"] = sql.SQL("({} || jsonb_build_object({}))").format(
+            literals["metadata"], sql.SQL(", ").join(pairs)
         )
-    return _INSERT_ROW.format(
-        table=ledger_table(target_schema),
-        values=sql.SQL(", ").join([*literals, SERVER_ELAPSED_MS]),
-    )
+    return _insert_sql(target_schema, list(literals.values()))
 
 
 def inserted_row(values: tuple[Any, ...] | None) -> tuple[str, datetime]:
