@@ -252,8 +252,13 @@ def _transaction(conn: psycopg.Connection[Any]) -> Iterator[None]:
     try:
         yield
     finally:
-        if not conn.broken and conn.info.transaction_status != TransactionStatus.IDLE:
-            conn.execute(b"ROLLBACK")
+        _end_open_transaction(conn)
+
+
+def _end_open_transaction(conn: psycopg.Connection[Any]) -> None:
+    """Roll back the transaction open on `conn`, if any (a broken connection has none to end)."""
+    if not conn.broken and conn.info.transaction_status != TransactionStatus.IDLE:
+        conn.execute(b"ROLLBACK")
 
 
 def _commit(conn: psycopg.Connection[Any]) -> None:
@@ -419,8 +424,7 @@ class ReadAhead:
                     break
                 except TimeoutError:
                     conn.cancel_safe()
-        if not conn.broken and conn.info.transaction_status != TransactionStatus.IDLE:
-            conn.execute(b"ROLLBACK")
+        _end_open_transaction(conn)
 
 
 def _look_ahead(
@@ -432,15 +436,14 @@ def _look_ahead(
     """The work of a `ReadAhead`, on its thread."""
     lookup = _read_without_lock(conn, settings.target_schema, version)
     if lookup is None or lookup.existing is not None or not lookup.ledger_found:
-        return _Ahead(lookup)
+        return _Ahead(lookup)  # nothing to lock for: a noop or conflict, or the apply decides
     if unwanted.is_set():
-        return _Ahead(lookup)
+        return _Ahead(lookup)  # the request will not apply
     try:
         existing = _lock_and_read(conn, version, settings, create_ledger=False)
     except psycopg.Error as exc:
         with suppress(psycopg.Error):
-            if not conn.broken and conn.info.transaction_status != TransactionStatus.IDLE:
-                conn.execute(b"ROLLBACK")
+            _end_open_transaction(conn)
         return _Ahead(lookup, error=exc)
     return _Ahead(lookup, locked=LockedRead(existing))
 

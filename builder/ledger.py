@@ -143,21 +143,6 @@ def find_applied(
     return ledger_row(conn.execute(query, [version, STATUS_SUCCESS]).fetchone())
 
 
-_INSERT_COLUMNS = (
-    "version",
-    "description",
-    "applied_by",
-    "checksum",
-    "status",
-    "sql_script",
-    "schema_hash",
-    "idempotency_key",
-    "tenant_id",
-    "workflow_run_id",
-    "metadata",
-    "error_message",
-    "execution_ms",
-)
 _INSERT_ROW = sql.SQL(
     'INSERT INTO {table} ({columns}) VALUES ({values}) RETURNING "id"::text, "applied_at"'
 )
@@ -170,8 +155,8 @@ SERVER_ELAPSED_MS = sql.SQL(
 
 
 def _row_values(row: NewLedgerRow) -> dict[str, Any]:
-    """The values of `_INSERT_COLUMNS`, by column, in their order."""
-    values = {
+    """The row's values by column: the INSERT's columns, in its order."""
+    return {
         "version": row.version,
         "description": row.description,
         "applied_by": row.applied_by,
@@ -186,15 +171,14 @@ def _row_values(row: NewLedgerRow) -> dict[str, Any]:
         "error_message": row.error_message,
         "execution_ms": row.execution_ms,
     }
-    assert tuple(values) == _INSERT_COLUMNS
-    return values
 
 
-def _insert_sql(target_schema: str, values: list[sql.Composable]) -> sql.Composed:
+def _insert_sql(target_schema: str, values: dict[str, sql.Composable]) -> sql.Composed:
+    """Return the INSERT of one row, `values` being each column's SQL value."""
     return _INSERT_ROW.format(
         table=ledger_table(target_schema),
-        columns=sql.SQL(", ").join(map(sql.Identifier, _INSERT_COLUMNS)),
-        values=sql.SQL(", ").join(values),
+        columns=sql.SQL(", ").join(map(sql.Identifier, values)),
+        values=sql.SQL(", ").join(values.values()),
     )
 
 
@@ -202,9 +186,9 @@ def insert_row(
     conn: psycopg.Connection[Any], target_schema: str, row: NewLedgerRow
 ) -> tuple[str, datetime]:
     """Insert one ledger row and return its id and `applied_at`."""
-    values = list(_row_values(row).values())
-    query = _insert_sql(target_schema, [sql.Placeholder()] * len(values))
-    return inserted_row(conn.execute(query, values).fetchone())
+    values = _row_values(row)
+    query = _insert_sql(target_schema, dict.fromkeys(values, sql.Placeholder()))
+    return inserted_row(conn.execute(query, list(values.values())).fetchone())
 
 
 def insert_row_sql(
@@ -227,7 +211,7 @@ def insert_row_sql(
         literals["metadata"] = sql.SQL("({} || jsonb_build_object({}))").format(
             literals["metadata"], sql.SQL(", ").join(pairs)
         )
-    return _insert_sql(target_schema, list(literals.values()))
+    return _insert_sql(target_schema, literals)
 
 
 def inserted_row(values: tuple[Any, ...] | None) -> tuple[str, datetime]:

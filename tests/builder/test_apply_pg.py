@@ -559,6 +559,7 @@ def test_a_blocked_request_does_not_wait_for_the_lock_another_apply_holds(
     target_dsn, target_conn, target_schema, monkeypatch
 ):
     import builder.apply
+    import builder.service
 
     settings = settings_for(target_schema, lock_wait_ms=30_000)
     run_schema_builder(envelope([PATIENTS]), target_conn, settings=settings)
@@ -577,8 +578,6 @@ def test_a_blocked_request_does_not_wait_for_the_lock_another_apply_holds(
         # Planned only once the read ahead is waiting for the lock.
         assert locking.wait(10)
         return prepare(*args)
-
-    import builder.service
 
     monkeypatch.setattr(builder.service, "_prepare", slow_prepare)
     with psycopg.connect(target_dsn, autocommit=True) as holder:
