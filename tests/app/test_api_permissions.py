@@ -11,8 +11,10 @@ from django.contrib.auth.models import Group, Permission, User
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from rest_framework.authtoken.models import Token
+from rest_framework.exceptions import AuthenticationFailed
 from rest_framework.test import APIClient
 
+from revos_schema.api import WebhookTokenAuthentication
 from revos_schema.models import SchemaSubmission
 from tests.builder.helpers import PATIENTS, envelope, load_fixture
 
@@ -157,3 +159,30 @@ def test_a_noop_costs_two_app_queries_and_writes_its_submission_once(target):
     assert stored.status == "noop"
     assert stored.http_status == 200
     assert stored.response["result"]["status"] == "noop"
+
+
+@pytest.mark.parametrize("kind", ["direct", "none", "superuser"])
+def test_the_token_query_loads_the_same_token_and_user_as_the_orm(target, kind):
+    user = account(kind)
+    user.email, user.first_name = "svc@example.org", "Service"
+    user.save()
+    key = Token.objects.create(user=user).key
+    expected = Token.objects.select_related("user").get(key=key)
+
+    found_user, token = WebhookTokenAuthentication().authenticate_credentials(key)
+
+    assert found_user is token.user
+    assert token.holds_submit_schema == (
+        kind == "direct"
+    )  # a superuser's rights come from is_superuser
+    for instance, orm in ((token, expected), (found_user, expected.user)):
+        for field in type(orm)._meta.concrete_fields:
+            assert getattr(instance, field.attname) == getattr(orm, field.attname), field.name
+        assert not instance._state.adding and instance._state.db == orm._state.db
+    assert set(vars(found_user)) == set(vars(expected.user))  # no query columns left on it
+
+
+def test_an_unknown_token_is_refused_by_the_token_query(target):
+    Token.objects.create(user=account("direct"))
+    with pytest.raises(AuthenticationFailed):
+        WebhookTokenAuthentication().authenticate_credentials("0" * 40)
