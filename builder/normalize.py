@@ -14,7 +14,6 @@ a generated index name that would collide gets a hash suffix instead (see `free_
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Mapping
 from dataclasses import replace
 
@@ -99,7 +98,7 @@ def normalize_schema(payload: object, *, path: str = "payload") -> Schema:
 
 def canonical_json(schema: Schema) -> str:
     """Return the canonical JSON text of `schema` (sorted keys, no spaces)."""
-    return json.dumps(schema.to_dict(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return schema.canonical_json
 
 
 def schema_hash(schema: Schema) -> str:

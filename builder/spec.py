@@ -8,7 +8,9 @@ from allow lists, never caller text pasted through.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 ON_DELETE_ACTIONS = ("NO ACTION", "RESTRICT", "CASCADE", "SET NULL", "SET DEFAULT")
@@ -78,6 +80,15 @@ class Schema:
             "description": self.description,
             "tables": [_table_dict(t) for t in self.tables],
         }
+
+    @cached_property
+    def canonical_json(self) -> str:
+        """The canonical JSON text of `to_dict()` (sorted keys, no spaces).
+
+        Made once per schema: it is hashed when the schema is planned, and stored with every
+        request that names it (a schema's plan is reused from the plan cache).
+        """
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 def _table_dict(table: Table) -> dict[str, Any]:

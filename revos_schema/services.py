@@ -17,6 +17,7 @@ import psycopg
 from django.conf import settings
 from django.db import connections, transaction
 from django.db.models import JSONField, Value
+from django.db.models.functions import Cast
 from psycopg_pool import ConnectionPool
 
 from builder.apply import ApplySettings
@@ -171,13 +172,18 @@ _OUTCOME_FIELDS = [
 
 
 def _record_request(submission: SchemaSubmission, planned: Prepared | Outcome) -> None:
-    """Set the plan fields (`_PLAN_FIELDS`) from a prepared request or an outcome."""
+    """Set the plan fields (`_PLAN_FIELDS`) from a prepared request or an outcome.
+
+    The normalized schema is written as the JSON text the builder made once for its hash
+    (`Schema.canonical_json`, cast to jsonb by the server), not dumped again on every request;
+    on the instance it stays that expression until the row is read back.
+    """
     envelope = planned.envelope
     submission.tenant_id = envelope.tenant_id
     submission.actor = submission.actor or (envelope.actor_id or "")
     if planned.schema is not None:
         submission.schema_version = planned.schema.version
-        submission.normalized_schema = planned.schema.to_dict()
+        submission.normalized_schema = Cast(Value(planned.schema.canonical_json), JSONField())
         submission.schema_hash = planned.schema_hash or ""
         submission.idempotency_key = planned.idempotency_key or ""
     if planned.migration is not None:

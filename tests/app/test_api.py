@@ -6,10 +6,12 @@ import json
 
 import pytest
 from django.contrib.auth.models import Permission, User
+from django.db.models import F, Func
 from psycopg import sql
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
+from builder.service import Prepared, prepare
 from revos_schema.models import SchemaEvent, SchemaSubmission
 from tests.builder.helpers import PATIENTS, envelope, load_fixture
 
@@ -263,6 +265,25 @@ def test_an_apply_is_on_record_as_received_before_the_target_commits(client, tar
     assert stored.status == "applied"
     assert stored.normalized_schema["version"] == "001"
     assert stored.response["result"]["status"] == "applied"
+
+
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_the_stored_normalized_schema_is_the_schema_as_a_json_object(client, target, dry_run):
+    body = load_fixture("foundation_v001.json")
+    body["payload"]["description"] = "Grundschema für Mandanten"  # stored as text, not escaped
+    body["payload"]["dry_run"] = dry_run
+    for _ in range(2):  # planned, then from the plan cache
+        post(client, body)
+
+    planned = prepare(body)
+    assert isinstance(planned, Prepared)
+    for stored in SchemaSubmission.objects.all():
+        assert stored.normalized_schema == planned.schema.to_dict()
+    assert set(
+        SchemaSubmission.objects.annotate(
+            kind=Func(F("normalized_schema"), function="jsonb_typeof")
+        ).values_list("kind", flat=True)
+    ) == {"object"}
 
 
 def test_an_apply_that_cannot_be_recorded_is_rolled_back_500_and_in_the_ledger(
