@@ -8,6 +8,7 @@ outcome. No builder logic lives here.
 from __future__ import annotations
 
 import atexit
+import functools
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -37,14 +38,20 @@ def builder_settings() -> ApplySettings:
 def target_conninfo() -> str:
     """Return a libpq conninfo string for the target database (the test one under pytest)."""
     config = connections["target"].settings_dict
-    params = {
-        "dbname": config.get("NAME"),
-        "user": config.get("USER"),
-        "password": config.get("PASSWORD"),
-        "host": config.get("HOST"),
-        "port": str(config.get("PORT") or ""),
-    }
-    return psycopg.conninfo.make_conninfo(**{k: v for k, v in params.items() if v})
+    params = (
+        ("dbname", config.get("NAME")),
+        ("user", config.get("USER")),
+        ("password", config.get("PASSWORD")),
+        ("host", config.get("HOST")),
+        ("port", str(config.get("PORT") or "")),
+    )
+    return _conninfo(params)
+
+
+@functools.lru_cache(maxsize=8)
+def _conninfo(params: tuple[tuple[str, Any], ...]) -> str:
+    # Called for every request (to find its pool): make_conninfo parses what it makes.
+    return psycopg.conninfo.make_conninfo(**{k: v for k, v in params if v})
 
 
 _pools: dict[str, ConnectionPool[psycopg.Connection[Any]]] = {}
