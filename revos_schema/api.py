@@ -67,6 +67,10 @@ class WebhookTokenAuthentication(TokenAuthentication):
     """
 
     def authenticate_credentials(self, key: str) -> tuple[Any, Any]:
+        if "\x00" in key:
+            # No token has one, and PostgreSQL refuses it in a query parameter (a 500). gunicorn
+            # answers 400 to such a header itself; other servers may pass it on.
+            raise exceptions.AuthenticationFailed(_("Invalid token."))
         if not _model_backend_only():
             return super().authenticate_credentials(key)
         token = _read_token(self.get_model(), key)

@@ -59,6 +59,21 @@ def test_wrong_token_is_401(target):
     assert_envelope(response.json(), "unauthorized")
 
 
+@pytest.mark.parametrize("backends", ["model backend only", "another backend too"])
+def test_a_token_with_a_nul_character_is_401_not_a_database_error(target, settings, backends):
+    if backends != "model backend only":
+        settings.AUTHENTICATION_BACKENDS = [
+            "django.contrib.auth.backends.ModelBackend",
+            "django.contrib.auth.backends.AllowAllUsersModelBackend",
+        ]
+    key = make_token("svc-nul", permitted=True)
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"Token {key[:20]}\x00{key[20:]}")
+    response = api.post(URL, data="{}", content_type="application/json")
+    assert response.status_code == 401
+    assert_envelope(response.json(), "unauthorized")
+
+
 def test_a_token_without_the_permission_is_403(target):
     api = APIClient()
     api.credentials(HTTP_AUTHORIZATION=f"Token {make_token('nobody', permitted=False)}")
