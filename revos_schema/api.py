@@ -14,6 +14,7 @@ import psycopg
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.exceptions import RequestDataTooBig
+from django.db import InterfaceError, OperationalError
 from django.db.models import BooleanField, F, Func, Model, Value
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import reverse
@@ -321,6 +322,14 @@ _AUTH_STATUS = {
 
 def envelope_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     """Give DRF's errors (401, 403, 405, ...) the output envelope shape, without internals."""
+    if isinstance(exc, OperationalError | InterfaceError):
+        # The service's own database (tokens, submissions) cannot be reached: a failure of the
+        # service, not of the request, and nothing was done yet. (The target database's own
+        # outage is answered 503 by the view; a failure after the target wrote is not here.)
+        logger.error("the service's database is unavailable", exc_info=exc)
+        summary = "The service's database is unavailable; nothing was done. Retry later."
+        body = _error_envelope("failed", summary=summary)
+        return Response(body, status=status.HTTP_503_SERVICE_UNAVAILABLE)
     response = exception_handler(exc, context)
     if response is None:
         # Not an API error: a bug. Answer in the envelope shape, never with a stack trace.

@@ -242,7 +242,9 @@ SUBMIT_SCHEMA: dict[str, Any] = {
         403: OpenApiResponse(_ENVELOPE, description="the account lacks submit_schema"),
         409: OpenApiResponse(_ENVELOPE, description="version applied with a different schema"),
         500: OpenApiResponse(_ENVELOPE, description="failed: rolled back and recorded"),
-        503: OpenApiResponse(_ENVELOPE, description="target database unavailable"),
+        503: OpenApiResponse(
+            _ENVELOPE, description="the target database or the service's own is unavailable"
+        ),
     },
     "examples": RESPONSE_EXAMPLES,
 }
@@ -254,5 +256,6 @@ SUBMISSION_STATUS: dict[str, Any] = {
         401: OpenApiResponse(_ENVELOPE, description="missing or invalid token"),
         403: OpenApiResponse(_ENVELOPE, description="the account lacks submit_schema"),
         404: OpenApiResponse(_ENVELOPE, description="no such submission"),
+        503: OpenApiResponse(_ENVELOPE, description="the service's database is unavailable"),
     },
 }

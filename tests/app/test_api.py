@@ -386,3 +386,28 @@ def test_an_unreachable_target_is_503_and_the_request_is_stored_failed(
     stored = SchemaSubmission.objects.get()
     assert (stored.status, stored.http_status) == ("failed", 503)
     assert stored.error_message.startswith("target database unavailable")
+
+
+@pytest.mark.parametrize("error", ["OperationalError", "InterfaceError"])
+@pytest.mark.parametrize("method", ["post", "get"])
+def test_an_unreachable_service_database_is_503_with_the_envelope(
+    client, target, monkeypatch, caplog, method, error
+):
+    import django.db
+
+    from revos_schema import api
+
+    def unreachable(*args):
+        raise getattr(django.db, error)("connection to server at 10.0.0.1 failed")
+
+    monkeypatch.setattr(api, "_read_token", unreachable)
+    if method == "post":
+        response = post(client, envelope([PATIENTS]))
+    else:
+        response = client.get(f"{URL}/submissions/00000000-0000-0000-0000-000000000000")
+
+    assert response.status_code == 503
+    assert_envelope(response.json(), "failed")
+    assert "Retry later" in response.json()["result"]["summary"]
+    assert "10.0.0.1" not in response.content.decode()  # no internals in the answer
+    assert "service's database is unavailable" in caplog.text
