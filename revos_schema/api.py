@@ -97,18 +97,19 @@ def _read_token(token_model: type[Model], key: str) -> Any:
     users = get_user_model().objects.raw(
         _token_query(token_model), [*SUBMIT_PERMISSION.split("."), key]
     )
-    for user in users:
-        row = vars(user)
-        fields = token_model._meta.concrete_fields
-        token = token_model.from_db(
-            users.db,
-            [field.attname for field in fields],
-            [row.pop(_TOKEN_COLUMN.format(field.column)) for field in fields],
-        )
-        token.user = user  # type: ignore[attr-defined]
-        token.holds_submit_schema = bool(row.pop(_HOLDS_COLUMN))  # type: ignore[attr-defined]
-        return token
-    return None
+    user = next(iter(users), None)
+    if user is None:
+        return None
+    row = vars(user)  # the query's own columns are taken off the user
+    fields = token_model._meta.concrete_fields
+    token = token_model.from_db(
+        users.db,
+        [field.attname for field in fields],
+        [row.pop(_TOKEN_COLUMN.format(field.column)) for field in fields],
+    )
+    token.user = user  # type: ignore[attr-defined]
+    token.holds_submit_schema = bool(row.pop(_HOLDS_COLUMN))  # type: ignore[attr-defined]
+    return token
 
 
 @functools.cache
@@ -324,8 +325,9 @@ def envelope_exception_handler(exc: Exception, context: dict[str, Any]) -> Respo
     """Give DRF's errors (401, 403, 405, ...) the output envelope shape, without internals."""
     if isinstance(exc, OperationalError | InterfaceError):
         # The service's own database (tokens, submissions) cannot be reached: a failure of the
-        # service, not of the request, and nothing was done yet. (The target database's own
-        # outage is answered 503 by the view; a failure after the target wrote is not here.)
+        # service, not of the request, and nothing was done yet. The view answers the target's
+        # outage (503) and a failure to store an outcome after the target wrote (500) itself;
+        # one while the script ran is rolled back and raised as CallerFailed (500).
         logger.error("the service's database is unavailable", exc_info=exc)
         summary = "The service's database is unavailable; nothing was done. Retry later."
         body = _error_envelope("failed", summary=summary)
