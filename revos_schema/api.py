@@ -198,6 +198,10 @@ class WebhookView(APIView):
 class SchemaBuilderView(WebhookView):
     """Validate, plan and apply one schema version (or preview it with `payload.dry_run`)."""
 
+    # Every other method is a 405 in the envelope shape: OPTIONS too (DRF would describe the
+    # view; the API is described by its OpenAPI schema).
+    http_method_names = ("post",)
+
     @extend_schema(**api_docs.SUBMIT_SCHEMA)
     def post(self, request: Request) -> Response:
         body = _read_json_body(request)
@@ -229,6 +233,8 @@ class SchemaBuilderView(WebhookView):
 
 class SubmissionStatusView(WebhookView):
     """Return the current status envelope of one stored submission."""
+
+    http_method_names = ("get", "head")
 
     @extend_schema(**api_docs.SUBMISSION_STATUS)
     def get(self, request: Request, submission_id: str) -> Response:

@@ -83,11 +83,20 @@ def test_a_token_without_the_permission_is_403(target):
     assert not SchemaSubmission.objects.exists()
 
 
-@pytest.mark.parametrize("method", ["get", "put", "patch", "delete"])
+@pytest.mark.parametrize("method", ["get", "put", "patch", "delete", "options"])
 def test_other_methods_are_405(client, target, method):
     response = getattr(client, method)(URL)
     assert response.status_code == 405
     assert_envelope(response.json(), "method_not_allowed")
+    assert response["Allow"] == "POST"
+
+
+@pytest.mark.parametrize("method", ["post", "put", "patch", "delete", "options"])
+def test_the_status_endpoint_answers_only_get(client, target, method):
+    response = getattr(client, method)(f"{URL}/submissions/00000000-0000-0000-0000-000000000000")
+    assert response.status_code == 405
+    assert_envelope(response.json(), "method_not_allowed")
+    assert response["Allow"] == "GET, HEAD"
 
 
 @pytest.mark.parametrize(
