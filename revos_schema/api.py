@@ -34,7 +34,7 @@ from builder.errors import ValidationIssue
 from builder.request_json import InvalidRequestJSON, parse_request_json
 from revos_schema import api_docs
 from revos_schema.models import SchemaSubmission
-from revos_schema.services import OutcomeNotStored, submit_envelope
+from revos_schema.services import OutcomeNotStored, store_unreadable, submit_envelope
 
 logger = logging.getLogger(__name__)
 
@@ -205,9 +205,11 @@ class SchemaBuilderView(WebhookView):
     @extend_schema(**api_docs.SUBMIT_SCHEMA)
     def post(self, request: Request) -> Response:
         body = _read_json_body(request)
-        if isinstance(body, ValidationIssue):
-            return _error_response(status.HTTP_400_BAD_REQUEST, "blocked", [body])
         actor = request.user.get_username()
+        if isinstance(body, ValidationIssue):
+            refused = _error_response(status.HTTP_400_BAD_REQUEST, "blocked", [body])
+            submission = store_unreadable(body, refused.data, source="api", actor=actor)
+            return Response(_link(refused.data, submission), status=refused.status_code)
         try:
             outcome, submission = submit_envelope(body, source="api", actor=actor)
         except psycopg.OperationalError:

@@ -22,6 +22,7 @@ from django.db.models.functions import Cast
 from psycopg_pool import ConnectionPool
 
 from builder.apply import ApplySettings
+from builder.errors import ValidationIssue
 from builder.service import Outcome, Prepared, run_schema_builder
 from revos_schema.models import SchemaEvent, SchemaSubmission
 
@@ -153,6 +154,27 @@ def submit_envelope(
     except Exception as exc:
         raise OutcomeNotStored(outcome) from exc
     return outcome, submission
+
+
+def store_unreadable(
+    issue: ValidationIssue, response: dict[str, Any], *, source: str, actor: str = ""
+) -> SchemaSubmission:
+    """Store a request whose body could not be read as JSON, as `blocked` (400), without it.
+
+    The body (not JSON, too large, or holding what PostgreSQL cannot store) is not kept: the
+    submission records who sent it, why it was refused, and the answer `response`.
+    """
+    submission = SchemaSubmission(
+        source=source,
+        actor=actor,
+        envelope=Value(None, JSONField()),
+        status=SchemaSubmission.Status.BLOCKED,
+        http_status=400,
+        validation_errors=[issue.to_dict()],
+        response=response,
+    )
+    submission.save(force_insert=True)
+    return submission
 
 
 # What a submission says about the request: written once, with the first row stored.

@@ -116,6 +116,20 @@ def test_unusable_bodies_are_400_not_500(client, target, body, code):
     data = response.json()
     assert_envelope(data, "blocked")
     assert [e["code"] for e in data["result"]["validation_errors"]] == [code]
+    assert_stored_without_body(data, code)
+
+
+def assert_stored_without_body(data: dict, code: str) -> None:
+    """The refused request is on record (who, why, the answer), its body is not."""
+    stored = SchemaSubmission.objects.get()
+    assert data["result"]["submission_id"] == str(stored.pk)
+    assert (stored.status, stored.http_status, stored.source) == ("blocked", 400, "api")
+    assert stored.actor == "svc-crm"
+    assert stored.envelope is None
+    assert [e["code"] for e in stored.validation_errors] == [code]
+    assert stored.response["result"] == {
+        k: v for k, v in data["result"].items() if k not in ("submission_id", "submission_url")
+    }
 
 
 def test_a_body_over_the_limit_is_400(client, target, settings):
@@ -125,6 +139,7 @@ def test_a_body_over_the_limit_is_400(client, target, settings):
     response = post(client, body)
     assert response.status_code == 400
     assert response.json()["result"]["validation_errors"][0]["code"] == "too_large"
+    assert_stored_without_body(response.json(), "too_large")
 
 
 def test_non_object_json_is_blocked(client, target):
