@@ -234,14 +234,19 @@ class SchemaBuilderView(WebhookView):
 
 
 class SubmissionStatusView(WebhookView):
-    """Return the current status envelope of one stored submission."""
+    """Return the current status envelope of one stored submission.
+
+    An account reads the submissions it sent; one that holds `view_schemasubmission` (operators,
+    superusers) reads every submission. Any other is answered as if there were none: a 404 does
+    not tell another service which submissions exist.
+    """
 
     http_method_names = ("get", "head")
 
     @extend_schema(**api_docs.SUBMISSION_STATUS)
     def get(self, request: Request, submission_id: str) -> Response:
         submission = SchemaSubmission.objects.filter(pk=submission_id).first()
-        if submission is None:
+        if submission is None or not _may_read(request.user, submission):
             return _error_response(
                 status.HTTP_404_NOT_FOUND, "not_found", summary="No such submission."
             )
@@ -250,6 +255,13 @@ class SubmissionStatusView(WebhookView):
         )
         response = {**response, "result": {**response["result"], "status": submission.status}}
         return Response(_link(response, submission), status=status.HTTP_200_OK)
+
+
+def _may_read(user: Any, submission: SchemaSubmission) -> bool:
+    """May `user` read `submission`: sent by this account, or held `view_schemasubmission`."""
+    if submission.source == SchemaSubmission.Source.API and submission.actor == user.get_username():
+        return True
+    return bool(user.has_perm("revos_schema.view_schemasubmission"))
 
 
 def not_found(request: HttpRequest, exception: Exception) -> HttpResponse:

@@ -255,7 +255,11 @@ SUBMISSION_STATUS: dict[str, Any] = {
         200: OpenApiResponse(_ENVELOPE, description="the submission's envelope"),
         401: OpenApiResponse(_ENVELOPE, description="missing or invalid token"),
         403: OpenApiResponse(_ENVELOPE, description="the account lacks submit_schema"),
-        404: OpenApiResponse(_ENVELOPE, description="no such submission"),
+        404: OpenApiResponse(
+            _ENVELOPE,
+            description="no such submission, or one this account did not send (and it lacks "
+            "view_schemasubmission)",
+        ),
         503: OpenApiResponse(_ENVELOPE, description="the service's database is unavailable"),
     },
 }

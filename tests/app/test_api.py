@@ -269,6 +269,31 @@ def test_submission_status_endpoint(client, target):
     assert anonymous.status_code == 401
 
 
+def test_a_submission_is_read_by_its_sender_and_by_operators_only(client, target):
+    created = post(client, envelope([PATIENTS], dry_run=True)).json()["result"]
+    other = User.objects.create_user("svc-other")
+    other.user_permissions.add(Permission.objects.get(codename="submit_schema"))
+    operator = User.objects.create_user("operator")
+    operator.user_permissions.add(
+        Permission.objects.get(codename="submit_schema"),
+        Permission.objects.get(codename="view_schemasubmission"),
+    )
+    superuser = User.objects.create_superuser("root", password=None)
+
+    def read_as(user: User):
+        api = APIClient()
+        api.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
+        return api.get(created["submission_url"])
+
+    assert client.get(created["submission_url"]).status_code == 200  # its sender
+    hidden = read_as(other)
+    assert hidden.status_code == 404  # as for a submission that does not exist
+    assert hidden.json()["result"]["summary"] == "No such submission."
+    assert created["submission_id"] not in hidden.content.decode()
+    assert read_as(operator).status_code == 200
+    assert read_as(superuser).status_code == 200
+
+
 def test_openapi_schema_and_docs_are_served(client):
     schema = client.get("/api/schema/", HTTP_ACCEPT="application/json")
     assert schema.status_code == 200
