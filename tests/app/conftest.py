@@ -16,6 +16,7 @@ import pytest
 from django.db import connections
 
 from builder import ledger
+from revos_schema.models import SchemaEvent
 
 
 @pytest.fixture(scope="session")
@@ -63,3 +64,25 @@ def target(settings: Any, target_schema: str) -> str:
 def fast_password_hashing(settings: Any) -> None:
     """Hash test passwords cheaply: the default hasher spends about a second on each one."""
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture
+def event_log_full() -> Iterator[None]:
+    """Make PostgreSQL refuse every new `SchemaEvent` row: "the event log is full".
+
+    A real failure of the event's INSERT, in whatever statement writes it; removed afterwards
+    (in a test that runs in a transaction, the rollback removes it too).
+    """
+    table = SchemaEvent._meta.db_table
+    with connections["default"].cursor() as cursor:
+        cursor.execute(
+            "CREATE FUNCTION wf106_test_event_log_full() RETURNS trigger LANGUAGE plpgsql "
+            "AS $$ BEGIN RAISE EXCEPTION 'the event log is full'; END $$"
+        )
+        cursor.execute(
+            f'CREATE TRIGGER wf106_test_event_log_full BEFORE INSERT ON "{table}" '
+            "FOR EACH ROW EXECUTE FUNCTION wf106_test_event_log_full()"
+        )
+    yield
+    with connections["default"].cursor() as cursor:
+        cursor.execute("DROP FUNCTION IF EXISTS wf106_test_event_log_full() CASCADE")

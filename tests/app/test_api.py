@@ -182,6 +182,31 @@ def test_applied_then_noop_then_conflict(client, target, target_conn):
     assert SchemaEvent.objects.count() == 1
 
 
+# Not in a test transaction: the outcome is stored as in production (one statement, autocommit).
+@pytest.mark.django_db(transaction=True)
+def test_an_applied_outcome_and_its_event_are_stored_as_answered(client, target):
+    answer = post(client, load_fixture("foundation_v001.json")).json()
+    result = answer["result"]
+    stored = SchemaSubmission.objects.get(pk=result["submission_id"])
+
+    linked = {"submission_id", "submission_url"}
+    assert stored.response == {
+        **answer,
+        "result": {k: v for k, v in result.items() if k not in linked},
+    }
+    assert (stored.status, stored.http_status) == ("applied", 200)
+    assert str(stored.migration_log_id) == result["primary_outputs"]["migration_log_id"]
+    assert (stored.validation_errors, stored.error_message) == ([], "")
+    assert stored.updated_at > stored.created_at  # auto_now, as the ORM's save sets it
+    assert stored.generated_sql.startswith("-- WF106 schema v001")  # from the `received` row
+
+    event = SchemaEvent.objects.get()
+    assert (event.event_type, event.submission_id) == ("schema_migration_applied", stored.pk)
+    assert event.payload["migration_log_id"] == result["primary_outputs"]["migration_log_id"]
+    assert event.payload["schema_version"] == "001"
+    assert stored.created_at < event.created_at
+
+
 def test_preview_executes_nothing(client, target, target_conn):
     response = post(client, envelope([PATIENTS], dry_run=True))
     assert response.status_code == 200
@@ -241,6 +266,13 @@ def test_failed_is_500_rolled_back_recorded_and_without_internals(client, target
         )
     ).fetchall()
     assert statuses == [("001", "success"), ("002", "failed")]
+    # Stored as `received` while its script ran, then updated with the outcome (no event).
+    stored = SchemaSubmission.objects.get(pk=data["result"]["submission_id"])
+    assert (stored.status, stored.http_status) == ("failed", 500)
+    assert stored.error_message.startswith("23505")
+    assert stored.response["result"]["error"] == data["result"]["error"]
+    assert stored.generated_sql.startswith("-- WF106 schema v002")
+    assert not SchemaEvent.objects.filter(submission=stored).exists()
 
 
 def test_force_apply_reapplies_an_applied_version(client, target, target_conn):
@@ -384,15 +416,10 @@ def test_an_apply_that_cannot_be_recorded_is_rolled_back_500_and_in_the_ledger(
 
 
 def test_an_outcome_and_its_event_are_stored_together_or_not_at_all(
-    client, target, target_dsn, monkeypatch
+    client, target, target_dsn, event_log_full
 ):
     import psycopg
-    from django.db import DatabaseError
 
-    def event_log_full(*args, **kwargs):
-        raise DatabaseError("the event log is full")
-
-    monkeypatch.setattr(SchemaEvent.objects, "bulk_create", event_log_full)
     response = post(client, load_fixture("foundation_v001.json"))
 
     # The target committed: the answer says so, without internals, and points at the ledger.

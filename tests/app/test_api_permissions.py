@@ -139,19 +139,14 @@ def test_a_noop_costs_two_app_queries_and_writes_its_submission_once(target):
     assert applied.json()["result"]["status"] == "applied"
     assert noop.json()["result"]["status"] == "noop"
     # An apply: the token with the permission, the submission stored as `received` before the
-    # target commits, then the submission's outcome and the event in one transaction.
-    assert [q.split()[0] for q in applied_sql] == [
-        "SELECT",
-        "INSERT",
-        "BEGIN",
-        "UPDATE",
-        "INSERT",
-        "COMMIT",
-    ]
+    # target commits, then the submission's outcome and the event in one statement (in
+    # autocommit, one transaction).
+    assert [q.split()[0] for q in applied_sql] == ["SELECT", "INSERT", "WITH"]
     assert "authtoken_token" in applied_sql[0] and "holds_permission" in applied_sql[0]
-    assert "schemaevent" in applied_sql[4]
+    outcome = applied_sql[2]
+    assert "UPDATE" in outcome and 'INSERT INTO "revos_schema_schemaevent"' in outcome
     # The request and its plan (schema, SQL) are written once, with the `received` row.
-    assert '"envelope"' not in applied_sql[3] and '"generated_sql"' not in applied_sql[3]
+    assert '"envelope"' not in outcome and '"generated_sql"' not in outcome
     assert '"generated_sql"' in applied_sql[1]
     # A noop never writes to the target: the submission is written once, in its final state.
     assert [q.split()[0] for q in noop_sql] == ["SELECT", "INSERT"]

@@ -74,14 +74,8 @@ def test_schema_apply_applies_then_noops_and_stores_submissions(target, target_c
 
 @pytest.mark.django_db(transaction=True)
 def test_schema_apply_says_what_happened_when_the_outcome_cannot_be_stored(
-    target, target_conn, monkeypatch
+    target, target_conn, event_log_full
 ):
-    from django.db import DatabaseError
-
-    def event_log_full(*args, **kwargs):
-        raise DatabaseError("the event log is full")
-
-    monkeypatch.setattr(SchemaEvent.objects, "bulk_create", event_log_full)
     output, error = run("schema_apply", FOUNDATION)
     assert error is not None and error.returncode == 1
     assert "the request was applied, but storing that failed" in str(error)
