@@ -228,8 +228,9 @@ def _store_outcome(
 
     A request that wrote to the target was stored as `received` while its script ran, and the
     outcome is what its answer waits for after the target committed: the UPDATE of the row and
-    the INSERT of its events go in one round trip (`_outcome_sql`). Any other request is
-    stored here for the first time, without events.
+    the INSERT of its events go in one round trip (`_outcome_sql`). If that row is not found,
+    nothing is written and DatabaseError is raised. Any other request is stored here for the
+    first time, without events.
     """
     submission.status = outcome.status
     submission.http_status = outcome.http_status
@@ -303,7 +304,11 @@ def _outcome_sql(event_count: int) -> str:
             sql.SQL("{} = %s").format(sql.Identifier(field.column)) for field in _OUTCOME_COLUMNS
         ),
         pk=sql.Identifier(submission.pk.column),
-        events=sql.SQL(", events AS (INSERT INTO {} ({}) VALUES {})").format(
+        # The events only with their outcome: none if the UPDATE found no row.
+        events=sql.SQL(
+            ", events AS (INSERT INTO {} ({}) SELECT * FROM (VALUES {}) AS event "
+            "WHERE EXISTS (SELECT 1 FROM outcome))"
+        ).format(
             sql.Identifier(event.db_table),
             sql.SQL(", ").join(sql.Identifier(field.column) for field in _EVENT_COLUMNS),
             sql.SQL(", ").join([placeholders(len(_EVENT_COLUMNS))] * event_count),

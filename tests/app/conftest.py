@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
 from django.db import connections
 
 from builder import ledger
-from revos_schema.models import SchemaEvent
+from revos_schema.models import SchemaEvent, SchemaSubmission
 
 
 @pytest.fixture(scope="session")
@@ -66,6 +67,25 @@ def fast_password_hashing(settings: Any) -> None:
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
+@contextmanager
+def _trigger(table: str, when: str, body: str) -> Iterator[None]:
+    """A row trigger `when` (e.g. "BEFORE INSERT") on `table` that runs the PL/pgSQL `body`."""
+    with connections["default"].cursor() as cursor:
+        cursor.execute(
+            "CREATE FUNCTION wf106_test_trigger() RETURNS trigger LANGUAGE plpgsql "
+            f"AS $$ BEGIN {body} END $$"
+        )
+        cursor.execute(
+            f'CREATE TRIGGER wf106_test_trigger {when} ON "{table}" '
+            "FOR EACH ROW EXECUTE FUNCTION wf106_test_trigger()"
+        )
+    try:
+        yield
+    finally:
+        with connections["default"].cursor() as cursor:
+            cursor.execute("DROP FUNCTION IF EXISTS wf106_test_trigger() CASCADE")
+
+
 @pytest.fixture
 def event_log_full() -> Iterator[None]:
     """Make PostgreSQL refuse every new `SchemaEvent` row: "the event log is full".
@@ -73,16 +93,16 @@ def event_log_full() -> Iterator[None]:
     A real failure of the event's INSERT, in whatever statement writes it; removed afterwards
     (in a test that runs in a transaction, the rollback removes it too).
     """
-    table = SchemaEvent._meta.db_table
-    with connections["default"].cursor() as cursor:
-        cursor.execute(
-            "CREATE FUNCTION wf106_test_event_log_full() RETURNS trigger LANGUAGE plpgsql "
-            "AS $$ BEGIN RAISE EXCEPTION 'the event log is full'; END $$"
-        )
-        cursor.execute(
-            f'CREATE TRIGGER wf106_test_event_log_full BEFORE INSERT ON "{table}" '
-            "FOR EACH ROW EXECUTE FUNCTION wf106_test_event_log_full()"
-        )
-    yield
-    with connections["default"].cursor() as cursor:
-        cursor.execute("DROP FUNCTION IF EXISTS wf106_test_event_log_full() CASCADE")
+    with _trigger(
+        SchemaEvent._meta.db_table,
+        "BEFORE INSERT",
+        "RAISE EXCEPTION 'the event log is full';",
+    ):
+        yield
+
+
+@pytest.fixture
+def submission_updates_skipped() -> Iterator[None]:
+    """Make every UPDATE of a `SchemaSubmission` row change nothing, without an error."""
+    with _trigger(SchemaSubmission._meta.db_table, "BEFORE UPDATE", "RETURN NULL;"):
+        yield

@@ -441,6 +441,18 @@ def test_an_outcome_and_its_event_are_stored_together_or_not_at_all(
     assert rows == [("001", "success")]
 
 
+def test_an_outcome_that_finds_no_submission_to_update_is_not_stored_and_nor_is_its_event(
+    client, target, submission_updates_skipped
+):
+    response = post(client, load_fixture("foundation_v001.json"))
+
+    assert response.status_code == 500
+    assert_envelope(response.json(), "failed")
+    assert "the request was applied" in response.json()["result"]["summary"]
+    assert not SchemaEvent.objects.exists()
+    assert SchemaSubmission.objects.get().status == "received"
+
+
 def test_an_unreachable_target_is_503_and_the_request_is_stored_failed(
     client, target, settings, monkeypatch
 ):
