@@ -143,7 +143,7 @@ def database_url(conninfo: str) -> str:
     return f"postgresql://{credentials}@{host}{port}/{dbname}"
 
 
-def gunicorn_command(port: int) -> list[str]:
+def gunicorn_command(port: int, config: Path | None = None) -> list[str]:
     venv_gunicorn = ROOT / ".venv" / "bin" / "gunicorn"
     launcher = (
         [str(venv_gunicorn)] if venv_gunicorn.exists() else [sys.executable, "-m", "gunicorn"]
@@ -165,6 +165,7 @@ def gunicorn_command(port: int) -> list[str]:
         # gunicorn 27 otherwise opens a control socket at one fixed path in $HOME, which other
         # gunicorn processes on the machine (tests, other benchmarks) would share.
         "--no-control-socket",
+        *(["--config", str(config)] if config is not None else []),
         "revos_schema.wsgi:application",
     ]
 
@@ -260,12 +261,12 @@ class Client:
 class Server:
     """gunicorn in its own process group, with its output in a file."""
 
-    def __init__(self, env: dict[str, str], log: Path) -> None:
+    def __init__(self, env: dict[str, str], log: Path, config: Path | None = None) -> None:
         self.port = free_port()
         self.log = log
         with log.open("ab") as out:
             self.process = subprocess.Popen(
-                gunicorn_command(self.port),
+                gunicorn_command(self.port, config),
                 cwd=ROOT,
                 env=env,
                 stdin=subprocess.DEVNULL,
@@ -310,8 +311,8 @@ class Server:
 
 
 @contextmanager
-def running_server(env: dict[str, str], log: Path) -> Iterator[Server]:
-    server = Server(env, log)
+def running_server(env: dict[str, str], log: Path, config: Path | None = None) -> Iterator[Server]:
+    server = Server(env, log, config)
     try:
         server.wait_ready()
         yield server
@@ -449,11 +450,14 @@ def apply_over_http(
     log: Path,
     *,
     preview_first: bool,
+    config: Path | None = None,
+    extra_env: dict[str, str] | None = None,
 ) -> dict[str, float]:
     """Restart the server on a fresh target schema; time only the applying POST.
 
     The warm-up previews are of `envelope` itself if `preview_first`, else of another schema of
     10 tables (`synthetic_envelope`), as a server that has planned other schemas before.
+    `config` is a gunicorn config file for the server, `extra_env` more of its environment.
     """
     target = f"bench_http_a_{uuid.uuid4().hex[:8]}"
     create_schema(dsn, target)
@@ -461,7 +465,8 @@ def apply_over_http(
     preview["payload"]["dry_run"] = True
     preview_body = json.dumps(preview).encode()
     body = json.dumps(envelope).encode()
-    with running_server(server_env(db_url, target, secret), log) as server:
+    env = {**server_env(db_url, target, secret), **(extra_env or {})}
+    with running_server(env, log, config) as server:
         client = Client(server.port, token)
         try:
             for _ in range(DRY_RUN_WARMUP):
