@@ -1,4 +1,4 @@
-"""Read-only admin pages for submissions, events and the target's migration ledger.
+"""Read-only admin pages for submissions, their plans, events and the target's migration ledger.
 
 Records are written by the builder service, never by hand: nobody can add, change or delete
 them here, not even a superuser. Authoring forms and approval actions come later.
@@ -10,10 +10,10 @@ from typing import Any
 
 from django.contrib import admin, messages
 from django.db import DatabaseError
-from django.db.models import QuerySet
+from django.db.models import Count, QuerySet
 from django.http import HttpRequest, HttpResponse
 
-from revos_schema.models import MigrationLedgerEntry, SchemaEvent, SchemaSubmission
+from revos_schema.models import MigrationLedgerEntry, SchemaEvent, SchemaPlan, SchemaSubmission
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -65,13 +65,38 @@ class SchemaSubmissionAdmin(ReadOnlyAdmin):
         ("Request", {"fields": ("envelope",)}),
         (
             "Result",
-            {"fields": ("validation_errors", "normalized_schema", "generated_sql", "response")},
+            {
+                "fields": (
+                    "validation_errors",
+                    "plan",
+                    "normalized_schema",
+                    "generated_sql",
+                    "response",
+                )
+            },
         ),
     )
 
     @admin.display(description="schema hash", ordering="schema_hash")
     def short_hash(self, obj: SchemaSubmission) -> str:
         return obj.schema_hash[:12]
+
+
+@admin.register(SchemaPlan)
+class SchemaPlanAdmin(ReadOnlyAdmin):
+    """The plans (normalized schema and SQL) that submissions share."""
+
+    list_display = ("digest", "created_at", "submission_count")
+    search_fields = ("digest",)
+    date_hierarchy = "created_at"
+    fields = ("digest", "created_at", "normalized_schema", "generated_sql")
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[SchemaPlan]:
+        return super().get_queryset(request).annotate(Count("submissions"))
+
+    @admin.display(description="submissions", ordering="submissions__count")
+    def submission_count(self, obj: Any) -> int:
+        return int(obj.submissions__count)
 
 
 @admin.register(SchemaEvent)

@@ -1,16 +1,49 @@
 """The app's records of schema requests, its event log, and a read-only view of the target's ledger.
 
-`SchemaSubmission` and `SchemaEvent` live in the app's own database. `MigrationLedgerEntry` is an
-unmanaged model over the `schema_migrations` table that the builder creates in the TARGET database
-(`builder/ledger.py`); `revos_schema.routers.TargetRouter` sends it to the `target` alias and Django
-migrations never create or change that table.
+`SchemaSubmission`, the `SchemaPlan` it references, and `SchemaEvent` live in the app's own
+database. `MigrationLedgerEntry` is an unmanaged model over the `schema_migrations` table that
+the builder creates in the TARGET database (`builder/ledger.py`);
+`revos_schema.routers.TargetRouter` sends it to the `target` alias and Django migrations never
+create or change that table.
 """
 
 from __future__ import annotations
 
+import hashlib
 import uuid
+from typing import Any
 
 from django.db import connections, models, router
+
+
+class SchemaPlan(models.Model):
+    """A normalized schema and the SQL generated for it, stored once for all its submissions.
+
+    A service that retries, or re-sends its schema on every deploy, sends the same plan again and
+    again (a noop): each submission references the plan instead of keeping another copy of it
+    (about 28 KB for the foundation fixture). Plans are content-addressed and never change.
+    """
+
+    digest = models.CharField(
+        primary_key=True,
+        max_length=64,
+        editable=False,
+        help_text="SHA-256 (hex) of the schema hash, a newline and the SQL: see digest_of.",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    normalized_schema = models.JSONField()
+    generated_sql = models.TextField(blank=True, default="")
+
+    class Meta:
+        verbose_name = "schema plan"
+
+    def __str__(self) -> str:
+        return f"plan {self.digest[:12]}"
+
+    @staticmethod
+    def digest_of(schema_hash: str, generated_sql: str) -> str:
+        """The key of a plan: migration 0003 computes the same in SQL for the rows it moved."""
+        return hashlib.sha256(f"{schema_hash}\n{generated_sql}".encode()).hexdigest()
 
 
 class SchemaSubmission(models.Model):
@@ -44,8 +77,15 @@ class SchemaSubmission(models.Model):
     status = models.CharField(max_length=32, choices=Status.choices, default=Status.RECEIVED)
     http_status = models.PositiveSmallIntegerField(null=True, blank=True)
     envelope = models.JSONField(help_text="The raw request, as received.")
-    normalized_schema = models.JSONField(null=True, blank=True)
-    generated_sql = models.TextField(blank=True, default="")
+    # The normalized schema and its SQL, shared with the other submissions of the same plan.
+    plan = models.ForeignKey(
+        SchemaPlan,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="submissions",
+        help_text="The normalized schema and the generated SQL (none for an unreadable request).",
+    )
     response = models.JSONField(null=True, blank=True, help_text="The output envelope.")
     validation_errors = models.JSONField(default=list, blank=True)
     migration_log_id = models.UUIDField(
@@ -64,6 +104,16 @@ class SchemaSubmission(models.Model):
     def __str__(self) -> str:
         version = self.schema_version or "(no version)"
         return f"{version}: {self.get_status_display().lower()} ({self.source})"
+
+    @property
+    def normalized_schema(self) -> Any:
+        """The normalized schema of the request (None if it never got that far)."""
+        return None if self.plan is None else self.plan.normalized_schema
+
+    @property
+    def generated_sql(self) -> str:
+        """The SQL generated for the request ("" if none was)."""
+        return "" if self.plan is None else self.plan.generated_sql
 
 
 class SchemaEvent(models.Model):

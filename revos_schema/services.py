@@ -12,6 +12,7 @@ import functools
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -19,14 +20,13 @@ from django.conf import settings
 from django.db import DatabaseError, connections, router, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import Field, JSONField, Model, Value
-from django.db.models.functions import Cast
 from psycopg import sql
 from psycopg_pool import ConnectionPool
 
 from builder.apply import ApplySettings
 from builder.errors import ValidationIssue
 from builder.service import Outcome, Prepared, run_schema_builder
-from revos_schema.models import SchemaEvent, SchemaSubmission
+from revos_schema.models import SchemaEvent, SchemaPlan, SchemaSubmission
 
 
 def builder_settings() -> ApplySettings:
@@ -127,16 +127,11 @@ def submit_envelope(
     the request is stored as `failed` and the error re-raised.
     """
     submission = SchemaSubmission(
-        source=source,
-        actor=actor,
-        # A JSON `null` request is stored as JSON null; Django would write None as SQL NULL.
-        envelope=Value(None, JSONField()) if raw is None else raw,
-        status=SchemaSubmission.Status.RECEIVED,
+        source=source, actor=actor, envelope=raw, status=SchemaSubmission.Status.RECEIVED
     )
 
     def record_attempt(prepared: Prepared) -> None:
-        _record_request(submission, prepared)
-        submission.save(force_insert=True)
+        _insert_submission(submission, _record_request(submission, prepared))
 
     events: list[dict[str, Any]] = []
     try:
@@ -169,6 +164,7 @@ def store_unreadable(
     submission = SchemaSubmission(
         source=source,
         actor=actor,
+        # Stored as JSON null (the ORM would write None as SQL NULL, which the column refuses).
         envelope=Value(None, JSONField()),
         status=SchemaSubmission.Status.BLOCKED,
         http_status=400,
@@ -188,10 +184,9 @@ _PLAN_FIELDS = frozenset(
         "actor",
         "tenant_id",
         "schema_version",
-        "normalized_schema",
         "schema_hash",
         "idempotency_key",
-        "generated_sql",
+        "plan",
     }
 )
 # The outcome: the only columns written again when a `received` row is updated.
@@ -202,23 +197,100 @@ _OUTCOME_FIELDS = [
 ]
 
 
-def _record_request(submission: SchemaSubmission, planned: Prepared | Outcome) -> None:
+@dataclass(frozen=True)
+class _Plan:
+    """A `SchemaPlan` row to store with a submission, unless one with its digest exists."""
+
+    digest: str
+    normalized_schema: str  # the builder's canonical JSON text, cast to jsonb by the server
+    generated_sql: str
+
+
+def _record_request(submission: SchemaSubmission, planned: Prepared | Outcome) -> _Plan | None:
     """Set the plan fields (`_PLAN_FIELDS`) from a prepared request or an outcome.
 
-    The normalized schema is written as the JSON text the builder made once for its hash
-    (`Schema.canonical_json`, cast to jsonb by the server), not dumped again on every request;
-    on the instance it stays that expression until the row is read back.
+    Return the plan the submission references (None if the request has no normalized schema),
+    for `_insert_submission` to store with it. The normalized schema is the JSON text the
+    builder made once for its hash (`Schema.canonical_json`), not dumped again.
     """
     envelope = planned.envelope
     submission.tenant_id = envelope.tenant_id
     submission.actor = submission.actor or (envelope.actor_id or "")
-    if planned.schema is not None:
-        submission.schema_version = planned.schema.version
-        submission.normalized_schema = Cast(Value(planned.schema.canonical_json), JSONField())
-        submission.schema_hash = planned.schema_hash or ""
-        submission.idempotency_key = planned.idempotency_key or ""
-    if planned.migration is not None:
-        submission.generated_sql = planned.migration.script
+    if planned.schema is None:
+        return None
+    submission.schema_version = planned.schema.version
+    submission.schema_hash = planned.schema_hash or ""
+    submission.idempotency_key = planned.idempotency_key or ""
+    script = "" if planned.migration is None else planned.migration.script
+    plan = _Plan(
+        SchemaPlan.digest_of(submission.schema_hash, script), planned.schema.canonical_json, script
+    )
+    submission.plan_id = plan.digest
+    return plan
+
+
+def _insert_submission(submission: SchemaSubmission, plan: _Plan | None) -> None:
+    """INSERT the new `submission` (and its plan, if not stored yet) in one statement.
+
+    The plan's text is sent every time, but the server parses and stores it only for the
+    first submission of that plan (`_insert_sql`); a noop no longer stores ~28 KB again.
+    """
+    connection = _write_connection()
+    params = [] if plan is None else [plan.digest, plan.normalized_schema, plan.generated_sql]
+    for field in SchemaSubmission._meta.concrete_fields:
+        if field.name == "envelope":  # a JSON `null` request is JSON null, not SQL NULL
+            params.append(connection.ops.adapt_json_value(submission.envelope, field.encoder))
+        else:
+            params.append(_db_value(field, submission, connection))
+    _execute(connection, _insert_sql(with_plan=plan is not None), params)
+    submission._state.adding = False
+    submission._state.db = connection.alias
+
+
+@functools.cache
+def _insert_sql(*, with_plan: bool) -> str:
+    """The statement of `_insert_submission`, written out once from the models' metadata.
+
+    Parameters: the plan's digest, normalized schema and SQL (`with_plan`), then the
+    submission's columns. The plan is inserted only if its digest is not stored yet, and then
+    nothing of it is parsed or written (`ON CONFLICT` covers a concurrent first insert of the
+    same plan). `OFFSET 0` keeps the sent values in a subquery of their own: pulled up into
+    the INSERT, the planner would parse the jsonb constant (fold its cast) in any case. The
+    foreign key is checked at the end of the statement, so the submission may reference the
+    plan that the statement itself inserted.
+    """
+    submission = SchemaSubmission._meta
+    insert = sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(
+        sql.Identifier(submission.db_table),
+        sql.SQL(", ").join(sql.Identifier(f.column) for f in submission.concrete_fields),
+        sql.SQL(", ").join([sql.Placeholder()] * len(submission.concrete_fields)),
+    )
+    if not with_plan:
+        return insert.as_string()
+    plan = SchemaPlan._meta
+
+    def column(name: str) -> sql.Identifier:
+        return sql.Identifier(plan.get_field(name).column)
+
+    return (
+        sql.SQL(
+            "WITH plan AS (INSERT INTO {table} ({digest}, {created}, {schema}, {script}) "
+            "SELECT plan.digest, now(), plan.normalized_schema::jsonb, plan.generated_sql "
+            "FROM (SELECT * FROM (VALUES (%s, %s, %s)) AS sent "
+            "(digest, normalized_schema, generated_sql) OFFSET 0) AS plan "
+            "WHERE NOT EXISTS (SELECT FROM {table} WHERE {digest} = plan.digest) "
+            "ON CONFLICT ({digest}) DO NOTHING) {insert}"
+        )
+        .format(
+            table=sql.Identifier(plan.db_table),
+            digest=column("digest"),
+            created=column("created_at"),
+            schema=column("normalized_schema"),
+            script=column("generated_sql"),
+            insert=insert,
+        )
+        .as_string()
+    )
 
 
 def _store_outcome(
@@ -239,30 +311,39 @@ def _store_outcome(
     submission.error_message = outcome.error or ""
     submission.migration_log_id = outcome.migration_log_id
     if submission._state.adding:
-        _record_request(submission, outcome)
+        plan = _record_request(submission, outcome)
         if not events:
-            submission.save(force_insert=True)
+            _insert_submission(submission, plan)
             return
-        with transaction.atomic():
-            submission.save(force_insert=True)
+        with transaction.atomic(using=_write_connection().alias):
+            _insert_submission(submission, plan)
             SchemaEvent.objects.bulk_create(_event_rows(submission, events))
         return
-    connection = connections[router.db_for_write(SchemaSubmission)]
+    connection = _write_connection()
     rows = _event_rows(submission, events)
     params = [
         *(_db_value(field, submission, connection) for field in _OUTCOME_COLUMNS),
         _db_value(SchemaSubmission._meta.pk, submission, connection),
         *(_db_value(field, row, connection) for row in rows for field in _EVENT_COLUMNS),
     ]
+    updated = _execute(connection, _outcome_sql(len(rows)), params)
+    if not updated or updated[0] != 1:
+        raise DatabaseError(f"submission {submission.pk} was not found to store its outcome")
+
+
+def _write_connection() -> BaseDatabaseWrapper:
+    return connections[router.db_for_write(SchemaSubmission)]
+
+
+def _execute(connection: BaseDatabaseWrapper, query: str, params: list[Any]) -> Any:
+    """Execute one statement; return its first row, if it returns rows."""
     # In a caller's transaction (a test's), a savepoint keeps it usable if this fails.
     with (
         transaction.atomic(using=connection.alias) if connection.in_atomic_block else nullcontext(),
         connection.cursor() as cursor,
     ):
-        cursor.execute(_outcome_sql(len(rows)), params)
-        updated = cursor.fetchone()
-    if not updated or updated[0] != 1:
-        raise DatabaseError(f"submission {submission.pk} was not found to store its outcome")
+        cursor.execute(query, params)
+        return cursor.fetchone() if cursor.description else None
 
 
 def _event_rows(submission: SchemaSubmission, events: list[dict[str, Any]]) -> list[SchemaEvent]:
@@ -323,7 +404,7 @@ def _store_unavailable(submission: SchemaSubmission, exc: psycopg.OperationalErr
     submission.status = SchemaSubmission.Status.FAILED
     submission.http_status = 503
     submission.error_message = f"target database unavailable: {exc}"
-    if submission._state.adding:
-        submission.save(force_insert=True)
+    if submission._state.adding:  # the target failed before the request was planned
+        _insert_submission(submission, None)
     else:
         submission.save(update_fields=_OUTCOME_FIELDS)

@@ -7,7 +7,7 @@ from django.contrib.auth.models import Permission, User
 from django.db import connections
 
 from builder import ledger
-from revos_schema.models import SchemaEvent, SchemaSubmission
+from revos_schema.models import SchemaEvent, SchemaPlan, SchemaSubmission
 
 BOTH_DATABASES = ["default", "target"]
 LEDGER_URL = "/admin/revos_schema/migrationledgerentry/"
@@ -16,6 +16,12 @@ SUBMISSIONS_URL = "/admin/revos_schema/schemasubmission/"
 
 @pytest.fixture
 def submission() -> SchemaSubmission:
+    script = 'CREATE TABLE "patients" ();'
+    plan = SchemaPlan.objects.create(
+        digest=SchemaPlan.digest_of("ab" * 32, script),
+        normalized_schema={"version": "v001", "tables": []},
+        generated_sql=script,
+    )
     return SchemaSubmission.objects.create(
         source="api",
         envelope={"payload": {"schema_version": "v001"}},
@@ -23,7 +29,7 @@ def submission() -> SchemaSubmission:
         schema_hash="ab" * 32,
         status="applied",
         http_status=200,
-        generated_sql='CREATE TABLE "patients" ();',
+        plan=plan,
     )
 
 
@@ -40,9 +46,26 @@ def test_submissions_list_and_detail_render(admin_client, submission):
 
 
 @pytest.mark.django_db
-@pytest.mark.parametrize("model", ["schemasubmission", "schemaevent", "migrationledgerentry"])
+@pytest.mark.parametrize(
+    "model", ["schemasubmission", "schemaplan", "schemaevent", "migrationledgerentry"]
+)
 def test_nobody_can_add_records_by_hand(admin_client, model):
     assert admin_client.get(f"/admin/revos_schema/{model}/add/").status_code == 403
+
+
+@pytest.mark.django_db
+def test_plans_list_with_their_submission_count_and_cannot_be_deleted(admin_client, submission):
+    url = f"/admin/revos_schema/schemaplan/{submission.plan_id}/"
+
+    listing = admin_client.get("/admin/revos_schema/schemaplan/")
+    detail = admin_client.get(f"{url}change/")
+    deleted = admin_client.post(f"{url}delete/", {"post": "yes"})
+
+    assert listing.status_code == 200
+    assert '<td class="field-submission_count">1</td>' in listing.content.decode()
+    assert "CREATE TABLE" in detail.content.decode()
+    assert deleted.status_code == 403
+    assert SchemaPlan.objects.filter(pk=submission.plan_id).exists()
 
 
 @pytest.mark.django_db

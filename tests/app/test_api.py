@@ -346,7 +346,7 @@ def test_an_apply_is_on_record_as_received_before_the_target_commits(client, tar
 
     def spy(conn):
         seen.extend(
-            SchemaSubmission.objects.values_list("status", "generated_sql", "schema_version")
+            SchemaSubmission.objects.values_list("status", "plan__generated_sql", "schema_version")
         )
         return commit(conn)
 
@@ -377,7 +377,7 @@ def test_the_stored_normalized_schema_is_the_schema_as_a_json_object(client, tar
         assert stored.normalized_schema == planned.schema.to_dict()
     assert set(
         SchemaSubmission.objects.annotate(
-            kind=Func(F("normalized_schema"), function="jsonb_typeof")
+            kind=Func(F("plan__normalized_schema"), function="jsonb_typeof")
         ).values_list("kind", flat=True)
     ) == {"object"}
 

@@ -15,7 +15,7 @@ from rest_framework.exceptions import AuthenticationFailed
 from rest_framework.test import APIClient
 
 from revos_schema.api import WebhookTokenAuthentication
-from revos_schema.models import SchemaSubmission
+from revos_schema.models import SchemaPlan, SchemaSubmission
 from tests.builder.helpers import PATIENTS, envelope, load_fixture
 
 URL = "/wf106/schema-builder"
@@ -138,22 +138,27 @@ def test_a_noop_costs_two_app_queries_and_writes_its_submission_once(target):
 
     assert applied.json()["result"]["status"] == "applied"
     assert noop.json()["result"]["status"] == "noop"
-    # An apply: the token with the permission, the submission stored as `received` before the
-    # target commits, then the submission's outcome and the event in one statement (in
-    # autocommit, one transaction).
-    assert [q.split()[0] for q in applied_sql] == ["SELECT", "INSERT", "WITH"]
+    # An apply: the token with the permission, the submission stored as `received` (with its
+    # plan) before the target commits, then the submission's outcome and the event in one
+    # statement (in autocommit, one transaction).
+    assert [q.split()[0] for q in applied_sql] == ["SELECT", "WITH", "WITH"]
     assert "authtoken_token" in applied_sql[0] and "holds_permission" in applied_sql[0]
     outcome = applied_sql[2]
     assert "UPDATE" in outcome and 'INSERT INTO "revos_schema_schemaevent"' in outcome
     # The request and its plan (schema, SQL) are written once, with the `received` row.
     assert '"envelope"' not in outcome and '"generated_sql"' not in outcome
-    assert '"generated_sql"' in applied_sql[1]
-    # A noop never writes to the target: the submission is written once, in its final state.
-    assert [q.split()[0] for q in noop_sql] == ["SELECT", "INSERT"]
+    assert 'INSERT INTO "revos_schema_schemaplan"' in applied_sql[1]
+    assert 'INSERT INTO "revos_schema_schemasubmission"' in applied_sql[1]
+    # A noop never writes to the target: the submission is written once, in its final state,
+    # in one statement with its plan (which is stored already: the two share it).
+    assert [q.split()[0] for q in noop_sql] == ["SELECT", "WITH"]
     stored = SchemaSubmission.objects.get(pk=noop.json()["result"]["submission_id"])
     assert stored.status == "noop"
     assert stored.http_status == 200
     assert stored.response["result"]["status"] == "noop"
+    first = SchemaSubmission.objects.get(pk=applied.json()["result"]["submission_id"])
+    assert stored.plan_id == first.plan_id
+    assert SchemaPlan.objects.count() == 1
 
 
 @pytest.mark.parametrize("kind", ["direct", "none", "superuser"])
