@@ -99,7 +99,22 @@ def print_header(title: str, *, conninfo: str | None, note: str = "") -> None:
     )
     print(f"postgresql:  {version}")
     print(f"server:      {describe_server(target)}{' ' + note if note else ''}")
+    print(
+        f"cpu speed:   {python_speed_ms():.1f} ms for a fixed pure-Python loop (best of 5; this "
+        "VM's speed varies\n             between sessions and within one: compare runs by it)"
+    )
     print()
+
+
+def python_speed_ms() -> float:
+    """Time a fixed pure-Python workload (best of 5, ms): a yardstick for the machine's speed.
+
+    The sessions' machines differ by up to about 2x at Python; a benchmark's numbers are only
+    comparable across runs together with this one.
+    """
+    import timeit
+
+    return 1000 * min(timeit.repeat("sum(i * i for i in range(100_000))", number=1, repeat=5))
 
 
 @dataclass(frozen=True)
