@@ -26,6 +26,7 @@ from psycopg_pool import ConnectionPool
 from builder.apply import ApplySettings
 from builder.errors import ValidationIssue
 from builder.service import Outcome, Prepared, run_schema_builder
+from revos_schema.db import quiet
 from revos_schema.models import SchemaEvent, SchemaPlan, SchemaSubmission
 
 
@@ -74,12 +75,18 @@ def _pool() -> ConnectionPool[psycopg.Connection[Any]]:
                 max_size=settings.WF106_TARGET_POOL_SIZE,
                 max_idle=300,
                 # A connection that died while idle (server restart) is replaced, not handed out.
-                check=ConnectionPool.check_connection,
+                check=_check_connection,
                 name="wf106-target",
                 open=True,
             )
             _pools[conninfo] = pool
         return pool
+
+
+def _check_connection(conn: psycopg.Connection[Any]) -> None:
+    """The pool's check of a connection it lends: a query only if the connection is not quiet."""
+    if not quiet(conn):
+        ConnectionPool.check_connection(conn)
 
 
 def close_target_pools() -> None:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import psycopg
 import pytest
 from django.contrib.auth.models import Permission, User
 from django.db import connections
@@ -223,3 +224,48 @@ def test_identical_parallel_requests_apply_once(token, server, target_schema, ta
     stored = sorted(SchemaSubmission.objects.values_list("status", flat=True))
     assert stored == statuses
     assert SchemaEvent.objects.count() == 1
+
+
+def test_a_server_whose_database_sessions_were_ended_serves_the_next_requests(token, server):
+    """Django's and the target pool's connections that the server ended are replaced, not used.
+
+    Both checks send a query only when the connection's socket has something to read
+    (`revos_schema.db.quiet`); a session ended by the server has its FATAL message and EOF there.
+    """
+    body = (FIXTURES / "foundation_v001.json").read_bytes()
+    headers = {"Authorization": f"Token {token}", "Content-Type": "application/json"}
+    sends = 12  # several of the workers' threads, each with its own Django connection
+
+    def send_all() -> list[tuple[int, str]]:
+        answers = [
+            request(server.port, "POST", URL, body=body, headers=headers) for _ in range(sends)
+        ]
+        return [(status, json.loads(data)["result"]["status"]) for status, data in answers]
+
+    first = send_all()
+    own = {
+        connections[alias].connection.info.backend_pid
+        for alias in ("default", "target")
+        if connections[alias].connection is not None
+    }
+    with psycopg.connect(database_url(), autocommit=True) as admin:
+        own.add(admin.info.backend_pid)
+        ended = admin.execute(
+            "SELECT pid, pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND backend_type = 'client backend' "
+            "AND pid <> ALL(%s)",
+            [list(own)],
+        ).fetchall()
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while (
+            admin.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)", [[p for p, _ in ended]]
+            ).fetchone()[0]
+            and time.monotonic() < deadline
+        ):
+            time.sleep(0.05)
+    again = send_all()
+
+    assert len(ended) >= 3, ended  # the Django connections of some threads, and target pools
+    assert first == [(200, "applied")] + [(200, "noop")] * (sends - 1), server.output()
+    assert again == [(200, "noop")] * sends, server.output()
