@@ -17,6 +17,7 @@ import pytest
 from django.db import connections
 
 from builder import ledger
+from revos_schema import services
 from revos_schema.models import SchemaEvent, SchemaSubmission
 
 
@@ -59,6 +60,12 @@ def target(settings: Any, target_schema: str) -> str:
     """Point the app's builder settings at a fresh schema of the test target database."""
     settings.WF106_TARGET_SCHEMA = target_schema
     return target_schema
+
+
+@pytest.fixture(autouse=True)
+def no_remembered_plans() -> None:
+    """Each test starts with a process that knows of no stored plan (its database is new)."""
+    services._stored_plans.clear()
 
 
 @pytest.fixture(autouse=True)

@@ -150,8 +150,9 @@ def test_a_noop_costs_two_app_queries_and_writes_its_submission_once(target):
     assert 'INSERT INTO "revos_schema_schemaplan"' in applied_sql[1]
     assert 'INSERT INTO "revos_schema_schemasubmission"' in applied_sql[1]
     # A noop never writes to the target: the submission is written once, in its final state,
-    # in one statement with its plan (which is stored already: the two share it).
-    assert [q.split()[0] for q in noop_sql] == ["SELECT", "WITH"]
+    # without its plan's text (the process saw that plan stored: the two share it).
+    assert [q.split()[0] for q in noop_sql] == ["SELECT", "INSERT"]
+    assert "revos_schema_schemaplan" not in noop_sql[1]
     stored = SchemaSubmission.objects.get(pk=noop.json()["result"]["submission_id"])
     assert stored.status == "noop"
     assert stored.http_status == 200
@@ -159,6 +160,27 @@ def test_a_noop_costs_two_app_queries_and_writes_its_submission_once(target):
     first = SchemaSubmission.objects.get(pk=applied.json()["result"]["submission_id"])
     assert stored.plan_id == first.plan_id
     assert SchemaPlan.objects.count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_remembered_plan_deleted_by_hand_is_stored_again(target):
+    api = client_for(account("group"))
+    body = json.dumps(load_fixture("foundation_v001.json"))
+
+    def send():
+        return api.post(URL, data=body, content_type="application/json").json()["result"]
+
+    assert send()["status"] == "applied"
+    SchemaSubmission.objects.all().delete()
+    SchemaPlan.objects.all().delete()
+    answered, queries = app_queries(send)
+
+    assert answered["status"] == "noop"
+    stored = SchemaSubmission.objects.get(pk=answered["submission_id"])
+    assert stored.generated_sql.startswith("-- WF106 schema v001")
+    # Sent without the plan first (this process had seen it stored), then again with it.
+    inserts = [q for q in queries if q.startswith(("INSERT", "WITH"))]
+    assert [q.split()[0] for q in inserts] == ["INSERT", "WITH"]
 
 
 @pytest.mark.parametrize("kind", ["direct", "none", "superuser"])
