@@ -20,7 +20,7 @@ import psycopg.errors
 from django.conf import settings
 from django.db import DatabaseError, IntegrityError, connections, router, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
-from django.db.models import Field, JSONField, Model, Value
+from django.db.models import Field, Model
 from psycopg import sql
 from psycopg_pool import ConnectionPool
 
@@ -172,14 +172,13 @@ def store_unreadable(
     submission = SchemaSubmission(
         source=source,
         actor=actor,
-        # Stored as JSON null (the ORM would write None as SQL NULL, which the column refuses).
-        envelope=Value(None, JSONField()),
+        envelope=None,  # stored as JSON null (`_insert_submission`)
         status=SchemaSubmission.Status.BLOCKED,
         http_status=400,
         validation_errors=[issue.to_dict()],
         response=response,
     )
-    submission.save(force_insert=True)
+    _insert_submission(submission, None)
     return submission
 
 
