@@ -74,6 +74,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -444,6 +445,36 @@ def cpu_snapshot(server_pid: int) -> dict[str, float]:
     return {"server": server, "postgres": postgres, "client": time.process_time()}
 
 
+@dataclass(frozen=True)
+class NoopRuns:
+    """Steps 1 and 2 on one server: noop latencies, then throughput with CPU per request (ms)."""
+
+    latency: list[float]
+    latency_reconnects: int
+    rps: float
+    samples: list[float]
+    samples_reconnects: int
+    cpu_ms: dict[str, float]
+
+
+def noop_runs(
+    env: dict[str, str], log: Path, token: str, body: bytes, *, first: str = "applied"
+) -> NoopRuns:
+    """Start a server, send `body` once (answered `first`), then run steps 1 and 2 on it."""
+    with running_server(env, log) as server:
+        client = Client(server.port, token)
+        try:
+            expect(*client.post(body), first)
+        finally:
+            client.close()
+        latency, latency_reconnects = noop_latency(server.port, token, body)
+        before = cpu_snapshot(server.process.pid)
+        rps, samples, samples_reconnects = throughput(server.port, token, body)
+        after = cpu_snapshot(server.process.pid)
+    cpu_ms = {key: (after[key] - before[key]) * 1000 / len(samples) for key in before}
+    return NoopRuns(latency, latency_reconnects, rps, samples, samples_reconnects, cpu_ms)
+
+
 def create_schema(dsn: str, name: str) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(name)))
@@ -600,17 +631,10 @@ def main() -> None:
         token = create_token(base_env)
         print(f"setup: migrate + token in {time.monotonic() - setup_started:.1f} s", flush=True)
 
-        with running_server(base_env, log) as server:
-            first = Client(server.port, token)
-            try:
-                expect(*first.post(body), "applied")
-            finally:
-                first.close()
-            latency, reconnects_1 = noop_latency(server.port, token, body)
-            cpu_before = cpu_snapshot(server.process.pid)
-            rps, tp_samples, reconnects_2 = throughput(server.port, token, body)
-            cpu_after = cpu_snapshot(server.process.pid)
-        cpu_ms = {k: (cpu_after[k] - cpu_before[k]) * 1000 / len(tp_samples) for k in cpu_before}
+        noops = noop_runs(base_env, log, token, body)
+        latency, reconnects_1 = noops.latency, noops.latency_reconnects
+        rps, tp_samples, reconnects_2 = noops.rps, noops.samples, noops.samples_reconnects
+        cpu_ms = noops.cpu_ms
 
         http_runs: list[dict[str, float]] = []
         previewed_runs: list[dict[str, float]] = []

@@ -80,19 +80,9 @@ def main() -> None:
                 revision = args.revisions[(i + k) % len(args.revisions)]
                 env, token = setup[revision]
                 h.ROOT = trees[revision]
-                with h.running_server(env, log) as server:
-                    client = h.Client(server.port, token)
-                    try:
-                        # Applied in the revision's first round, a noop in the later ones.
-                        h.expect(*client.post(body), "applied" if i == 0 else "noop")
-                    finally:
-                        client.close()
-                    latency, _ = h.noop_latency(server.port, token, body)
-                    before = h.cpu_snapshot(server.process.pid)
-                    rps, samples, _ = h.throughput(server.port, token, body)
-                    after = h.cpu_snapshot(server.process.pid)
-                cpu = {key: (after[key] - before[key]) * 1000 / len(samples) for key in before}
-                runs[revision].append((h.percentile(latency, 50), rps, cpu))
+                # Applied in the revision's first round, a noop in the later ones.
+                noops = h.noop_runs(env, log, token, body, first="applied" if i == 0 else "noop")
+                runs[revision].append((h.percentile(noops.latency, 50), noops.rps, noops.cpu_ms))
                 print(f"round {i + 1}: {revision} done", flush=True)
     median = statistics.median
     print(
