@@ -7,8 +7,6 @@ Response: `{meta_out, result, audit}` as in the reference note.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 import uuid
 from collections.abc import Mapping
@@ -18,7 +16,11 @@ from typing import Any, cast
 
 from builder.errors import ValidationIssue
 from builder.fields import IssueLog, as_object, check_keys, key_path, read_string
-from builder.request_json import find_unusable
+from builder.request_json import (
+    RequestObject,
+    find_unusable,
+    sha256_prefixed,
+)
 
 WORKFLOW_NAME = "WF106"
 DEFAULT_TENANT = "global"
@@ -71,7 +73,8 @@ def parse_envelope(raw: object, *, now: datetime | None = None) -> Envelope:
     """
     log = IssueLog()
     now = now or datetime.now(UTC)
-    unusable = find_unusable(raw)
+    # A body read by `parse_request_json` was checked and hashed there.
+    unusable = None if isinstance(raw, RequestObject) else find_unusable(raw)
     if unusable is None:
         body = as_object(raw, "", log, "The request body") or {}
     else:
@@ -106,7 +109,7 @@ def parse_envelope(raw: object, *, now: datetime | None = None) -> Envelope:
         validation_profile=_profile(context, log),
         payload=payload,
         workflow_run_id=run_id,
-        inputs_hash=sha256_prefixed(raw),
+        inputs_hash=raw.inputs_hash if isinstance(raw, RequestObject) else sha256_prefixed(raw),
         dry_run=flags.get("dry_run") is True,
         force_apply=flags.get("force_apply") is True,
         issues=tuple(log.items),
@@ -182,21 +185,6 @@ def _profile(context: Mapping[str, Any], log: IssueLog) -> str:
 def idempotency_key(tenant_id: str, version: str, schema_hash: str) -> str:
     """Return `idem:wf106:{tenant}:{version}:{hash}`."""
     return f"idem:wf106:{tenant_id}:{version}:{schema_hash}"
-
-
-def canonical_dumps(value: object) -> str:
-    """Return canonical JSON (sorted keys, no whitespace) of any JSON-like value."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
-
-
-def sha256_prefixed(value: object) -> str:
-    """Return `sha256_<hex>` of the canonical JSON of `value` (meta_out hash format).
-
-    A lone surrogate (JSON `"\\ud800"`) is hashed as is instead of failing to encode: the input
-    is hashed before it is validated.
-    """
-    text = canonical_dumps(value)
-    return "sha256_" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def output_envelope(

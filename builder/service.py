@@ -23,7 +23,6 @@ from builder import apply as applying
 from builder.contract import (
     HTTP_STATUS,
     Envelope,
-    canonical_dumps,
     idempotency_key,
     output_envelope,
     parse_envelope,
@@ -32,6 +31,7 @@ from builder.ddl import Migration, render_migration
 from builder.errors import SchemaValidationError, UnsafeSQLError, ValidationIssue
 from builder.ledger import LEDGER_TABLE
 from builder.normalize import normalize_schema, schema_hash
+from builder.request_json import canonical_dumps
 from builder.spec import Schema
 
 logger = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ def prepare(raw: object, *, target_schema: str = "public") -> Prepared | Rejecte
 
 def prepare_envelope(envelope: Envelope, *, target_schema: str = "public") -> Prepared | Rejected:
     """`prepare` for an envelope already parsed with `parse_envelope`."""
-    return _prepare(envelope, target_schema, _plan_key(envelope.payload, target_schema))
+    return _prepare(envelope, target_schema, _plan_key(envelope, target_schema))
 
 
 def _prepare(envelope: Envelope, target_schema: str, key: _PlanKey | None) -> Prepared | Rejected:
@@ -120,13 +120,27 @@ PLAN_CACHE_MAX_PAYLOAD = 256 * 1024
 
 _PlanKey = tuple[str, str]
 _plans: OrderedDict[_PlanKey, _Plan] = OrderedDict()
+# (inputs_hash, target schema) -> the plan cache's key. The inputs hash is the hash of the
+# request's canonical JSON, payload included, so it stands for the payload: a repeated request
+# finds its key here instead of encoding its payload again.
+_plan_keys: OrderedDict[tuple[str, str], _PlanKey | None] = OrderedDict()
 _plans_lock = threading.Lock()
 
 
-def _plan_key(payload: object, target_schema: str) -> _PlanKey | None:
-    """Return the plan cache's key for `payload`, or None if it is too large to be cached."""
-    text = canonical_dumps(_plan_input(payload))
-    return (target_schema, text) if len(text) <= PLAN_CACHE_MAX_PAYLOAD else None
+def _plan_key(envelope: Envelope, target_schema: str) -> _PlanKey | None:
+    """Return the plan cache's key for the envelope's payload (None: too large to be cached)."""
+    request = (envelope.inputs_hash, target_schema)
+    with _plans_lock:
+        if request in _plan_keys:
+            _plan_keys.move_to_end(request)
+            return _plan_keys[request]
+    text = canonical_dumps(_plan_input(envelope.payload))
+    key = (target_schema, text) if len(text) <= PLAN_CACHE_MAX_PAYLOAD else None
+    with _plans_lock:
+        _plan_keys[request] = key
+        if len(_plan_keys) > PLAN_CACHE_SIZE:
+            _plan_keys.popitem(last=False)
+    return key
 
 
 def _is_planned(key: _PlanKey | None) -> bool:
@@ -185,6 +199,7 @@ def clear_plan_cache() -> None:
     """Forget every cached plan (tests, and benchmarks that time planning itself)."""
     with _plans_lock:
         _plans.clear()
+        _plan_keys.clear()
 
 
 def _reserved_name_issues(schema: Schema) -> list[ValidationIssue]:
@@ -219,7 +234,7 @@ def run_schema_builder(
     settings = settings or applying.ApplySettings()
     started = time.monotonic()
     envelope = parse_envelope(raw)
-    plan_key = _plan_key(envelope.payload, settings.target_schema)
+    plan_key = _plan_key(envelope, settings.target_schema)
     # A request planned before needs no read ahead: there is nothing to overlap it with.
     read_ahead = None if _is_planned(plan_key) else _read_ahead(conn, envelope, settings)
     try:

@@ -195,6 +195,31 @@ def test_the_plan_cache_is_bounded_and_skips_large_payloads(plans, monkeypatch):
     assert not service._plans
 
 
+def test_a_repeated_request_finds_its_plan_key_without_encoding_its_payload(plans, monkeypatch):
+    encoded = []
+    dumps = service.canonical_dumps
+    monkeypatch.setattr(service, "canonical_dumps", lambda v: encoded.append(v) or dumps(v))
+    request = load_fixture("foundation_v001.json")
+    first = service.prepare(request)
+    again = service.prepare(load_fixture("foundation_v001.json"))  # same request, same hash
+    assert len(encoded) == 1
+    assert again.migration is first.migration
+
+    # Another request for the same payload (other meta) or another target encodes it again.
+    request["meta"]["workflow_run_id"] = "wr_other"
+    assert service.prepare(request).migration is first.migration
+    other = service.prepare(request, target_schema="tenant_a")
+    assert len(encoded) == 3
+    assert other.migration is not first.migration
+
+
+def test_the_plan_keys_are_bounded_like_the_plans(plans, monkeypatch):
+    monkeypatch.setattr(service, "PLAN_CACHE_SIZE", 2)
+    for n in range(3):
+        service.prepare(envelope([PATIENTS], version=f"1.{n}"))
+    assert len(service._plan_keys) == 2
+
+
 def test_sql_failing_the_parser_check_is_a_failed_answer_and_runs_nothing(plans, monkeypatch):
     from builder.errors import UnsafeSQLError
 
