@@ -182,6 +182,27 @@ def test_applied_then_noop_then_conflict(client, target, target_conn):
     assert SchemaEvent.objects.count() == 1
 
 
+def test_a_retried_body_is_answered_and_stored_like_the_first(client, target):
+    """The same bytes again (read from memory the second time) and the same value re-spaced."""
+    body = json.dumps(load_fixture("foundation_v001.json"))
+    answers = [
+        client.post(URL, data=text, content_type="application/json").json()
+        for text in (body, body, json.dumps(json.loads(body), indent=2))
+    ]
+
+    assert [a["result"]["status"] for a in answers] == ["applied", "noop", "noop"]
+    hashes = {a["meta_out"]["inputs_hash"] for a in answers}
+    assert len(hashes) == 1
+    stored = SchemaSubmission.objects.order_by("created_at")
+    assert [row.envelope for row in stored] == [json.loads(body)] * 3
+    assert [row.response["meta_out"]["inputs_hash"] for row in stored] == [hashes.pop()] * 3
+    # A changed body is read and checked anew: the duplicate key is refused.
+    duplicate = body[:-1] + ', "payload": {}}'
+    refused = client.post(URL, data=duplicate, content_type="application/json")
+    assert refused.status_code == 400
+    assert refused.json()["result"]["validation_errors"][0]["code"] == "invalid_json"
+
+
 # Not in a test transaction: the outcome is stored as in production (one statement, autocommit).
 @pytest.mark.django_db(transaction=True)
 def test_an_applied_outcome_and_its_event_are_stored_as_answered(client, target):
