@@ -13,11 +13,12 @@ minimum and maximum over the repetitions (ms):
   health check, the first query of the request).
 - body, target connection, envelope: reading the body, borrowing the pooled target connection
   (with the pool's check), parsing the envelope and starting the ledger reads on their thread.
-- planning: normalizing, hashing, rendering and parser-checking the schema (the ledger reads
-  and the lock run on the other thread meanwhile).
+- planning: normalizing, hashing and rendering the schema, and parser-checking the first eighth
+  of its statements (the ledger reads and the lock run on the other thread meanwhile).
 - to the script: waiting for those reads, building the script message.
-- the script, as the request waits: from handing the message to its thread until the request
-  thread has it back; the submission is stored as `received` meanwhile.
+- the script, as the request waits: from handing the script's first part to its thread until
+  the request thread has the ledger row back; meanwhile the rest of the statements are
+  parser-checked, the rest is sent, and the submission is stored as `received`.
 - COMMIT; then the outcome and the output envelope; storing the outcome and its event; the
   response, until Django's WSGI handler returns it to gunicorn.
 - HTTP and the client: the client's wall clock minus the time from gunicorn's `pre_request`
@@ -51,7 +52,7 @@ PHASES = (
     ("Django and DRF before authentication", "start __call__", "start authenticate"),
     ("authentication (token, user, permission)", "start authenticate", "end authenticate"),
     ("body, target connection, envelope", "end authenticate", "start _prepare"),
-    ("planning (normalize, render, parser check)", "start _prepare", "end _prepare"),
+    ("planning (normalize, render, check the first 1/8)", "start _prepare", "end _prepare"),
     ("to the script (ledger reads, message)", "end _prepare", "start _run_script"),
     ("the script, as the request waits", "start _run_script", "end _run_script"),
     ("COMMIT", "start _commit", "end _commit"),

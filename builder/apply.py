@@ -15,7 +15,11 @@ One apply is:
 Round trips to the target for an apply: the lock-free read; `BEGIN` with the lock and the
 ledger read; the script with its ledger row (and, first, the read of which of its tables and
 indexes exist already); `COMMIT`. For a payload that has to be planned, the first two run on
-another thread while the request is planned (`ReadAhead`).
+another thread while the request is planned (`ReadAhead`). A new plan's script goes in two
+messages (`PendingCheck`): its first statements, which passed the parser check, and then the
+rest with the ledger row, sent only once the check of the rest (run meanwhile) has passed. If
+it does not pass, the rest is never sent, the transaction is rolled back, and a `failed` row
+records it (`ScriptRefused`).
 """
 
 from __future__ import annotations
@@ -59,8 +63,21 @@ class ApplySettings:
 
 
 @dataclass(frozen=True)
+class PendingCheck:
+    """The end of a script that has not passed the parser check yet.
+
+    `script[offset:]` is sent only after `run()` has returned; `run()` raises if that part must
+    not run. The apply calls it while the server runs the part before `offset`, so that the
+    check of most of a script does not add to the apply's time.
+    """
+
+    offset: int
+    run: Callable[[], None]
+
+
+@dataclass(frozen=True)
 class Attempt:
-    """One request to apply `script` for `schema`."""
+    """One request to apply `script` for `schema` (`pending_check`: see `PendingCheck`)."""
 
     schema: Schema
     script: str
@@ -71,6 +88,7 @@ class Attempt:
     actor_id: str | None = None
     workflow_run_id: str | None = None
     force: bool = False
+    pending_check: PendingCheck | None = None
 
 
 @dataclass(frozen=True)
@@ -99,6 +117,19 @@ class CallerFailed(Exception):
 
     The caller's exception is the `__cause__`.
     """
+
+
+class ScriptRefused(Exception):
+    """The attempt's `pending_check` raised while the start of its script ran.
+
+    The transaction was rolled back (the target is as before), and a `failed` ledger row
+    records it: `ledger_id` (None if even that could not be written). The check's exception is
+    the `__cause__`.
+    """
+
+    def __init__(self, error: str, ledger_id: str | None) -> None:
+        super().__init__(error)
+        self.ledger_id = ledger_id
 
 
 def apply_attempt(
@@ -159,6 +190,10 @@ def apply_attempt(
         error = f"rolled back: recording the attempt failed: {failure.__cause__!r}"
         _record_failure(conn, attempt, settings, error, started)
         raise CallerFailed(error) from failure.__cause__
+    except _CheckError as failure:
+        error = f"rolled back: the script failed the parser check: {failure.__cause__}"
+        ledger_id, _ = _record_failure(conn, attempt, settings, error, started)
+        raise ScriptRefused(error, ledger_id) from failure.__cause__
     except psycopg.Error as exc:
         error = describe_error(exc)
         ledger_id, applied_at = _record_failure(conn, attempt, settings, error, started)
@@ -212,21 +247,31 @@ def _apply_in_transaction(
         # One round trip: which of the schema's relations exist already (kept for the ledger
         # row in a transaction-local setting), the script, then its ledger row, which runs only
         # if every statement of the script succeeded and records the server's time for it.
-        message = b";\n".join(
-            [
-                _existing_relations_sql(target, [*tables, *indexes]).as_bytes(conn),
-                attempt.script.encode(),
-                ledger.insert_row_sql(
-                    target,
-                    row,
-                    more_metadata={
-                        "tables_created": _created_sql(tables),
-                        "indexes_created": _created_sql(indexes),
-                    },
-                ).as_bytes(conn),
-            ]
+        # With a pending check, two: the message is split where the unchecked part begins.
+        # With a pending check, two: split where the unchecked part begins, and the first one
+        # keeps the time it began in a transaction-local setting, for `execution_ms`.
+        pending = attempt.pending_check
+        split = len(attempt.script) if pending is None else pending.offset
+        first = _existing_relations_sql(target, [*tables, *indexes]).as_bytes(conn)
+        last = ledger.insert_row_sql(
+            target,
+            row,
+            more_metadata={
+                "tables_created": _created_sql(tables),
+                "indexes_created": _created_sql(indexes),
+            },
+            started=None if pending is None else _STARTED_AT,
+        ).as_bytes(conn)
+        head, tail = attempt.script[:split].encode(), attempt.script[split:].encode()
+        messages: tuple[bytes, bytes | None]
+        if pending is None:
+            messages = (b";\n".join([first, head, last]), None)
+        else:
+            started_at = _KEEP_STARTED_AT.as_bytes(conn)
+            messages = (b";\n".join([first, started_at, head]), b";\n".join([tail, last]))
+        ledger_id, applied_at, existed = _run_script(
+            conn, messages, before_commit, None if pending is None else pending.run
         )
-        ledger_id, applied_at, existed = _run_script(conn, message, before_commit)
         _commit(conn)
     before = set(existed)
     return ApplyResult(
@@ -270,6 +315,10 @@ class _CallerError(Exception):
     """`before_commit` raised (its exception is the `__cause__`)."""
 
 
+class _CheckError(Exception):
+    """The pending check raised (its exception is the `__cause__`)."""
+
+
 # Run target queries while the calling thread does other work: an apply's script while the
 # attempt is recorded, the lock-free ledger read while the request is planned. psycopg releases
 # the GIL while it waits for the server, so the two overlap. A request has at most one task here
@@ -298,27 +347,56 @@ def _on_thread(task: Callable[[], _T]) -> Future[_T]:
 
 
 def _run_script(
-    conn: psycopg.Connection[Any], message: bytes, before_commit: Callable[[], None] | None
+    conn: psycopg.Connection[Any],
+    messages: tuple[bytes, bytes | None],
+    before_commit: Callable[[], None] | None,
+    check: Callable[[], None] | None,
 ) -> tuple[str, datetime, list[str]]:
-    """Run the script message; call `before_commit` meanwhile.
+    """Run the script's messages; meanwhile call `check`, then `before_commit`.
 
+    The first message starts with the read of the relations that exist; the last one ends with
+    the ledger row. A second message holds the part of the script that `check` checks: it is
+    sent only after `check` has returned (while the first one runs, if it still does).
     Return the ledger row's id and time, and the relations that existed before the script.
     """
+    first, second = messages
+    checked = threading.Event()
+    refused = threading.Event()
 
     def execute() -> tuple[str, datetime, list[str]]:
         with conn.cursor() as cur:
-            cur.execute(message)
-            ledger_id, applied_at = ledger.inserted_row(cur.set_result(-1).fetchone())
+            cur.execute(first)
             existing = cur.set_result(0).fetchone()
+            if second is not None:
+                checked.wait()
+                if refused.is_set():
+                    raise _CheckError()
+                cur.execute(second)
+            ledger_id, applied_at = ledger.inserted_row(cur.set_result(-1).fetchone())
             assert existing is not None  # SELECT set_config(...) always returns one row
             return ledger_id, applied_at, json.loads(existing[0])
 
-    if before_commit is None:
+    if before_commit is None and check is None:
         return execute()
     running = _on_thread(execute)
     try:
-        before_commit()
+        if check is not None:
+            try:
+                check()
+            except Exception as exc:
+                refused.set()  # before `checked`: the unchecked part is never sent
+                checked.set()
+                with suppress(Exception):  # the first message ends, and nothing follows it
+                    running.result()
+                raise _CheckError() from exc
+        checked.set()
+        if before_commit is not None:
+            before_commit()
+    except _CheckError:
+        raise
     except BaseException as exc:  # a worker's timeout too: stop the script before unwinding
+        refused.set()
+        checked.set()
         if not running.done():
             conn.cancel_safe()
         with suppress(Exception):  # only that it ended matters: the caller's error is reported
@@ -504,6 +582,15 @@ def _existing_relations_sql(target_schema: str, names: list[str]) -> sql.Compose
         schema=sql.Literal(target_schema),
         names=sql.Literal(names),
     )
+
+
+# When a script sent in two messages began (`statement_timestamp()` of the first), kept for
+# the ledger row's `execution_ms` in a transaction-local setting.
+_STARTED_SETTING = "wf106.script_started"
+_KEEP_STARTED_AT = sql.SQL("SELECT set_config({}, statement_timestamp()::text, true)").format(
+    sql.Literal(_STARTED_SETTING)
+)
+_STARTED_AT = sql.SQL("current_setting({})::timestamptz").format(sql.Literal(_STARTED_SETTING))
 
 
 def _created_sql(names: list[str]) -> sql.Composed:

@@ -21,7 +21,7 @@ import functools
 import hashlib
 import heapq
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from psycopg import sql
 
@@ -95,12 +95,48 @@ class Migration:
     statements: tuple[str, ...]
     script: str
     checksum: str
+    checked: int
+    """How many of `statements`, from the first, have passed the parser check: all of them,
+    unless rendered with `defer_check` and not `check_rest`-ed since."""
+
+    @property
+    def fully_checked(self) -> bool:
+        return self.checked == len(self.statements)
+
+    def check_rest(self) -> Migration:
+        """Check the statements not checked yet; return the migration with all of them checked.
+
+        Raise `UnsafeSQLError` if one does not pass (a builder bug).
+        """
+        if self.fully_checked:
+            return self
+        check_statements(self.statements[self.checked :])
+        return replace(self, checked=len(self.statements))
+
+    def checked_length(self) -> int:
+        """Return the length of the text at the start of `script` that holds the header and
+        exactly the checked statements (each with its `;`): `script[:n]` may be run on its own,
+        and `script[n:]` holds the rest (`render_script`'s layout)."""
+        header = self.script.index("\n\n") if self.statements else len(self.script) - 1
+        return header + sum(len(s) + 3 for s in self.statements[: self.checked])
 
 
-def render_migration(schema: Schema, *, target_schema: str = "public") -> Migration:
+CHECKED_AHEAD_MIN = 8
+"""`defer_check` checks every statement up front for a migration of fewer statements than this."""
+
+CHECKED_AHEAD_FRACTION = 8
+"""`defer_check` checks the first 1/N of the statements up front (at least one)."""
+
+
+def render_migration(
+    schema: Schema, *, target_schema: str = "public", defer_check: bool = False
+) -> Migration:
     """Render `schema` as an idempotent migration into the PostgreSQL schema `target_schema`.
 
-    Raise `UnsafeSQLError` if a statement does not pass the parser check (a builder bug).
+    Raise `UnsafeSQLError` if a statement does not pass the parser check (a builder bug). With
+    `defer_check`, only the first statements (1/`CHECKED_AHEAD_FRACTION` of them) are checked:
+    an apply runs them while it checks the rest (`Migration.check_rest`), and must not send a
+    statement that is not checked.
     """
     _check_schema_name(target_schema)
     tables = order_tables(schema)
@@ -120,10 +156,15 @@ def render_migration(schema: Schema, *, target_schema: str = "public") -> Migrat
             for column in table.columns
             if column.references is not None
         )
-    check_statements(statements)
+    checked = len(statements)
+    if defer_check and checked >= CHECKED_AHEAD_MIN:
+        checked = -(-checked // CHECKED_AHEAD_FRACTION)
+    check_statements(statements[:checked])
     script = render_script(schema, statements)
     checksum = hashlib.sha256(script.encode()).hexdigest()
-    return Migration(statements=tuple(statements), script=script, checksum=checksum)
+    return Migration(
+        statements=tuple(statements), script=script, checksum=checksum, checked=checked
+    )
 
 
 def render_script(schema: Schema, statements: Sequence[str]) -> str:

@@ -152,6 +152,7 @@ _INSERT_ROW = sql.SQL(
 SERVER_ELAPSED_MS = sql.SQL(
     "(extract(epoch FROM clock_timestamp() - statement_timestamp()) * 1000)::integer"
 )
+_ELAPSED_SINCE_MS = sql.SQL("(extract(epoch FROM clock_timestamp() - {}) * 1000)::integer")
 
 
 def _row_values(row: NewLedgerRow) -> dict[str, Any]:
@@ -196,16 +197,20 @@ def insert_row_sql(
     row: NewLedgerRow,
     *,
     more_metadata: dict[str, sql.Composable] | None = None,
+    started: sql.Composable | None = None,
 ) -> sql.Composed:
     """Return the INSERT of `insert_row` with its values as quoted literals.
 
     It can then go in one simple query after the script it records, so `execution_ms` is the
     server's own time for that script (`SERVER_ELAPSED_MS`); `row.execution_ms` is ignored.
+    `started` is a timestamptz expression for when the script began, if not with this query.
     `more_metadata` adds keys to `row.metadata` whose values are SQL expressions (jsonb) that
     the server evaluates when the row is inserted.
     """
     literals: dict[str, sql.Composable] = {k: sql.Literal(v) for k, v in _row_values(row).items()}
-    literals["execution_ms"] = SERVER_ELAPSED_MS
+    literals["execution_ms"] = (
+        SERVER_ELAPSED_MS if started is None else _ELAPSED_SINCE_MS.format(started)
+    )
     if more_metadata:
         pairs = [sql.SQL("{}, {}").format(sql.Literal(k), v) for k, v in more_metadata.items()]
         literals["metadata"] = sql.SQL("({} || jsonb_build_object({}))").format(

@@ -2,7 +2,10 @@
 
 `run_schema_builder` is the one entry point that the webhook, the admin and the management
 commands call. It validates and normalizes, renders and parser-checks the SQL, and (unless
-`dry_run`) applies it through `builder.apply`, which records every attempt in the ledger.
+`dry_run`) applies it through `builder.apply`, which records every attempt in the ledger. An
+apply of a payload not planned before checks the first eighth of its SQL up front and the rest
+while those statements run (`ddl.render_migration`'s `defer_check`, `apply.PendingCheck`); no
+statement reaches the target before it has passed.
 """
 
 from __future__ import annotations
@@ -59,7 +62,11 @@ class Outcome:
 
 @dataclass(frozen=True)
 class Prepared:
-    """A validated request with its normalized schema and parser-checked SQL."""
+    """A validated request with its normalized schema and parser-checked SQL.
+
+    Only `migration.checked` of the statements are checked if it was planned with `defer_check`
+    (an apply checks the rest before it sends them).
+    """
 
     envelope: Envelope
     schema: Schema
@@ -86,12 +93,15 @@ def prepare_envelope(envelope: Envelope, *, target_schema: str = "public") -> Pr
     return _prepare(envelope, target_schema, _plan_key(envelope, target_schema))
 
 
-def _prepare(envelope: Envelope, target_schema: str, key: _PlanKey | None) -> Prepared | Rejected:
+def _prepare(
+    envelope: Envelope, target_schema: str, key: _PlanKey | None, *, defer_check: bool = False
+) -> Prepared | Rejected:
+    """Validate and plan; with `defer_check`, the SQL may be only partly checked (`_run`)."""
     issues = list(envelope.issues)
     plan: _Plan | None = None
     if envelope.payload is not None:
         try:
-            plan = _plan(envelope.payload, target_schema, key)
+            plan = _plan(envelope.payload, target_schema, key, defer_check)
         except SchemaValidationError as exc:
             issues.extend(exc.issues)
     if plan is None or issues:
@@ -149,7 +159,9 @@ def _is_planned(key: _PlanKey | None) -> bool:
         return key is not None and key in _plans
 
 
-def _plan(payload: object, target_schema: str, key: _PlanKey | None) -> _Plan:
+def _plan(
+    payload: object, target_schema: str, key: _PlanKey | None, defer_check: bool = False
+) -> _Plan:
     """Normalize, hash and render `payload`; raise SchemaValidationError if it is invalid.
 
     Services retry: the same payload arrives again and again and is answered `noop`, and
@@ -157,6 +169,8 @@ def _plan(payload: object, target_schema: str, key: _PlanKey | None) -> _Plan:
     only on the payload and the target schema, and `Schema` and `Migration` are immutable, so
     recent successful plans are kept in a small LRU keyed by the payload's canonical JSON.
     The execution flags are not part of the plan: an apply reuses the plan of its preview.
+    Only a plan whose SQL is fully checked is kept: with `defer_check` (see
+    `ddl.render_migration`), `_RestCheck` keeps it once the rest is checked.
     """
     if key is not None:
         with _plans_lock:
@@ -168,14 +182,39 @@ def _plan(payload: object, target_schema: str, key: _PlanKey | None) -> _Plan:
     issues = _reserved_name_issues(schema)
     if issues:
         raise SchemaValidationError(issues)
-    # render_migration checks every statement with the PostgreSQL parser (builder.sqlcheck).
-    plan = _Plan(schema, schema_hash(schema), render_migration(schema, target_schema=target_schema))
+    # render_migration checks the statements with the PostgreSQL parser (builder.sqlcheck).
+    migration = render_migration(schema, target_schema=target_schema, defer_check=defer_check)
+    plan = _Plan(schema, schema_hash(schema), migration)
+    if migration.fully_checked:
+        _keep_plan(key, plan)
+    return plan
+
+
+def _keep_plan(key: _PlanKey | None, plan: _Plan) -> None:
     if key is not None:
         with _plans_lock:
             _plans[key] = plan
             if len(_plans) > PLAN_CACHE_SIZE:
                 _plans.popitem(last=False)
-    return plan
+
+
+class _RestCheck:
+    """The parser check of the statements of a plan that `render_migration` left unchecked.
+
+    Called by the apply (`PendingCheck.run`) while the checked statements run, or afterwards
+    by `_run` if the apply did not get that far; the plan is kept in the cache once it passed.
+    """
+
+    def __init__(self, prepared: Prepared, key: _PlanKey | None) -> None:
+        self._prepared = prepared
+        self._key = key
+        self.done = False
+
+    def __call__(self) -> None:
+        prepared = self._prepared
+        migration = prepared.migration.check_rest()
+        self.done = True
+        _keep_plan(self._key, _Plan(prepared.schema, prepared.schema_hash, migration))
 
 
 EXECUTION_FLAGS = ("dry_run", "force_apply")
@@ -269,8 +308,10 @@ def _run(
     read_ahead: applying.ReadAhead | None,
     started: float,
 ) -> Outcome:
+    # An apply checks most of a new plan's SQL while its first statements run (PendingCheck).
+    defer_check = conn is not None and not envelope.dry_run
     try:
-        prepared = _prepare(envelope, settings.target_schema, plan_key)
+        prepared = _prepare(envelope, settings.target_schema, plan_key, defer_check=defer_check)
     except UnsafeSQLError as exc:
         # A generated statement failed the parser check: a builder bug; nothing was run.
         logger.exception("generated SQL failed the parser check")
@@ -282,17 +323,34 @@ def _run(
     if conn is None:
         raise ValueError("a connection to the target database is needed to apply")
     on_commit = None if before_commit is None else functools.partial(before_commit, prepared)
-    result = applying.apply_attempt(
-        conn, _attempt(prepared), settings, before_commit=on_commit, read_ahead=read_ahead
-    )
+    rest = None if prepared.migration.fully_checked else _RestCheck(prepared, plan_key)
+    try:
+        result = applying.apply_attempt(
+            conn,
+            _attempt(prepared, rest),
+            settings,
+            before_commit=on_commit,
+            read_ahead=read_ahead,
+        )
+    except applying.ScriptRefused as exc:
+        logger.exception("generated SQL failed the parser check")
+        return _refused(prepared, exc, started)
+    if rest is not None and not rest.done and result.status != applying.FAILED:
+        # A noop or conflict: nothing ran, but the plan is kept only once all of it is checked.
+        try:
+            rest()
+        except UnsafeSQLError as exc:
+            logger.exception("generated SQL failed the parser check")
+            return _unsafe_sql(envelope, str(exc), started)
     warnings = _warnings(result)
     if result.status == applying.APPLIED and emit is not None:
         warnings.extend(_emit_applied(emit, prepared, result))
     return _finished(prepared, result, warnings, started)
 
 
-def _attempt(prepared: Prepared) -> applying.Attempt:
+def _attempt(prepared: Prepared, rest: _RestCheck | None = None) -> applying.Attempt:
     envelope = prepared.envelope
+    migration = prepared.migration
     return applying.Attempt(
         schema=prepared.schema,
         script=prepared.migration.script,
@@ -303,6 +361,9 @@ def _attempt(prepared: Prepared) -> applying.Attempt:
         actor_id=envelope.actor_id,
         workflow_run_id=envelope.workflow_run_id,
         force=envelope.force_apply,
+        pending_check=(
+            None if rest is None else applying.PendingCheck(migration.checked_length(), rest)
+        ),
     )
 
 
@@ -340,6 +401,31 @@ def _unsafe_sql(envelope: Envelope, error: str, started: float) -> Outcome:
         envelope=envelope,
         error=error,
     )
+
+
+def _refused(prepared: Prepared, refused: applying.ScriptRefused, started: float) -> Outcome:
+    """The end of the script failed the parser check after its start ran (rolled back)."""
+    ledger_id = refused.ledger_id
+    primary = {
+        **_counts(prepared),
+        "migration_log_id": ledger_id,
+        "schema_hash": prepared.schema_hash,
+        "idempotency_key": prepared.idempotency_key,
+        "warnings": [],
+    }
+    written = [{"table": LEDGER_TABLE, "record_id": ledger_id, "status": "failed"}]
+    response = output_envelope(
+        prepared.envelope,
+        status="failed",
+        summary=(
+            "Internal error: the generated SQL failed the parser check; the part of it that "
+            "had run was rolled back, and nothing was applied."
+        ),
+        latency_ms=_elapsed_ms(started),
+        primary_outputs=primary,
+        data_written=written if ledger_id is not None else [],
+    )
+    return _outcome(prepared, "failed", response, migration_log_id=ledger_id, error=str(refused))
 
 
 def _preview(prepared: Prepared, started: float) -> Outcome:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import replace
 from typing import Any
 
 import psycopg
@@ -486,9 +487,9 @@ def test_the_ledger_reads_run_on_another_thread_while_a_new_request_is_planned(
         calls.append(("lock " + version, on_main()))
         return lock(conn, version, *args, **kwargs)
 
-    def spy_prepare(*args):
+    def spy_prepare(*args, **kwargs):
         calls.append(("plan", on_main()))
-        return prepare(*args)
+        return prepare(*args, **kwargs)
 
     monkeypatch.setattr(builder.apply, "_read_without_lock", spy_read)
     monkeypatch.setattr(builder.apply, "_lock_and_read", spy_lock)
@@ -574,10 +575,10 @@ def test_a_blocked_request_does_not_wait_for_the_lock_another_apply_holds(
     monkeypatch.setattr(builder.apply, "_lock_and_read", spy_lock)
     prepare = builder.service._prepare
 
-    def slow_prepare(*args):
+    def slow_prepare(*args, **kwargs):
         # Planned only once the read ahead is waiting for the lock.
         assert locking.wait(10)
-        return prepare(*args)
+        return prepare(*args, **kwargs)
 
     monkeypatch.setattr(builder.service, "_prepare", slow_prepare)
     with psycopg.connect(target_dsn, autocommit=True) as holder:
@@ -723,3 +724,163 @@ def test_a_worker_stopped_during_before_commit_rolls_the_apply_back(target_conn,
     assert (relations(target_conn, target_schema), ledger_rows(target_conn, target_schema)) == (
         before
     )
+
+
+# --- a script checked in two parts (a new plan: most of it is checked while its start runs) --
+
+
+def two_part_attempt(target_schema: str, check: Any, *, head: str = "", tail: str = "") -> Any:
+    """The attempt of a new plan of patients and appointments, its check left pending.
+
+    `head` is added at the end of the checked part of the script, `tail` at the end of the rest.
+    """
+    from builder import service
+    from builder.apply import PendingCheck
+    from builder.contract import parse_envelope
+
+    request = parse_envelope(envelope([PATIENTS, APPOINTMENTS]))
+    prepared = service._prepare(request, target_schema, None, defer_check=True)
+    assert isinstance(prepared, service.Prepared)
+    migration = prepared.migration
+    assert 0 < migration.checked < len(migration.statements)
+    split = migration.checked_length()
+    script = migration.script[:split] + head + migration.script[split:] + tail
+    return replace(
+        service._attempt(prepared),
+        script=script,
+        pending_check=PendingCheck(split + len(head), check),
+    )
+
+
+def test_the_rest_of_a_script_is_checked_while_its_start_runs(
+    target_dsn, target_conn, target_schema
+):
+    from builder.apply import apply_attempt
+
+    pid = target_conn.info.backend_pid
+    seen: list[Any] = []
+
+    def check() -> None:
+        with psycopg.connect(target_dsn, autocommit=True) as observer:
+            seen.append(
+                observer.execute(
+                    "SELECT state, wait_event FROM pg_stat_activity WHERE pid = %s", [pid]
+                ).fetchone()
+            )
+
+    attempt = two_part_attempt(target_schema, check, head="\n\nSELECT pg_sleep(0.3);")
+    result = apply_attempt(target_conn, attempt, settings_for(target_schema))
+
+    assert result.status == "applied", result.error
+    # The check ran while the server ran the start of the script (its pg_sleep).
+    assert seen == [("active", "PgSleep")]
+    assert {"patients", "appointments"} <= relations(target_conn, target_schema)
+    assert result.tables_created == ("patients", "appointments")
+    row = target_conn.execute(
+        sql.SQL("SELECT execution_ms, sql_script FROM {} WHERE id = %s").format(
+            sql.Identifier(target_schema, "schema_migrations")
+        ),
+        [result.ledger_id],
+    ).fetchone()
+    # The server's time for both parts of the script, from the start of the first.
+    assert row is not None and row[0] >= 300
+    assert row[1] == attempt.script
+
+
+@pytest.mark.parametrize("when", ["while the start runs", "after the start ran"])
+def test_a_script_whose_rest_fails_its_check_never_sends_it_and_is_rolled_back_and_recorded(
+    target_dsn, target_conn, target_schema, when
+):
+    from builder.apply import ScriptRefused, apply_attempt
+    from builder.errors import UnsafeSQLError
+
+    probe = sql.Identifier(target_schema, "probe")
+    target_conn.execute(sql.SQL("CREATE SEQUENCE {}").format(probe))
+
+    def check() -> None:
+        if when == "after the start ran":
+            _until_script_done(target_dsn, target_conn.info.backend_pid)
+        raise UnsafeSQLError("statements[9]: statement kind DropStmt is not allowed")
+
+    # nextval is not undone by a rollback: it shows whether the rest was ever sent.
+    nextval = sql.SQL("SELECT nextval({})").format(sql.Literal(f"{target_schema}.probe"))
+    attempt = two_part_attempt(
+        target_schema,
+        check,
+        head="\n\nSELECT pg_sleep(0.2);" if when == "while the start runs" else "",
+        tail=f"\n\n{nextval.as_string(target_conn)};",
+    )
+    with pytest.raises(ScriptRefused) as raised:
+        apply_attempt(target_conn, attempt, settings_for(target_schema))
+
+    assert isinstance(raised.value.__cause__, UnsafeSQLError)
+    assert target_conn.execute(sql.SQL("SELECT is_called FROM {}").format(probe)).fetchone() == (
+        False,
+    )
+    assert not {"patients", "appointments"} & relations(target_conn, target_schema)
+    [row] = ledger_rows(target_conn, target_schema)
+    assert row[:2] == ("001", "failed")
+    assert row[3] == attempt.script
+    assert "the script failed the parser check" in row[4] and "DropStmt" in row[4]
+    ledger_id = target_conn.execute(
+        sql.SQL("SELECT id::text FROM {}").format(
+            sql.Identifier(target_schema, "schema_migrations")
+        )
+    ).fetchone()
+    assert ledger_id == (raised.value.ledger_id,)
+    assert target_conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    again = run_schema_builder(
+        envelope([PATIENTS, APPOINTMENTS]), target_conn, settings=settings_for(target_schema)
+    )
+    assert again.status == "applied"
+
+
+def test_a_request_whose_sql_fails_the_check_after_its_start_ran_answers_a_recorded_failure(
+    target_conn, target_schema, monkeypatch
+):
+    from builder import ddl, service
+    from builder.errors import UnsafeSQLError
+
+    def unsafe(migration: Any) -> Any:
+        raise UnsafeSQLError("statements[9]: statement kind DropStmt is not allowed")
+
+    monkeypatch.setattr(ddl.Migration, "check_rest", unsafe)
+    service.clear_plan_cache()
+    request = envelope([PATIENTS, APPOINTMENTS])
+
+    outcome = run_schema_builder(request, target_conn, settings=settings_for(target_schema))
+
+    assert (outcome.status, outcome.http_status) == ("failed", 500)
+    result = outcome.response["result"]
+    assert "parser check" in result["summary"] and "rolled back" in result["summary"]
+    assert "DropStmt" not in str(outcome.response)  # the detail is logged, not answered
+    assert "DropStmt" in (outcome.error or "")
+    [row] = ledger_rows(target_conn, target_schema)
+    assert row[1] == "failed"
+    assert result["primary_outputs"]["migration_log_id"] == outcome.migration_log_id
+    assert outcome.response["audit"]["data_written"] == [
+        {"table": "schema_migrations", "record_id": outcome.migration_log_id, "status": "failed"}
+    ]
+    assert not {"patients", "appointments"} & relations(target_conn, target_schema)
+    assert not service._plans  # a plan is kept only once all of its SQL passed
+
+
+@pytest.mark.parametrize("answer", ["applied", "noop"])
+def test_a_new_plan_is_kept_checked_whole_after_an_apply_or_a_noop(
+    target_conn, target_schema, answer
+):
+    from builder import service
+
+    settings = settings_for(target_schema)
+    request = envelope([PATIENTS, APPOINTMENTS])
+    if answer == "noop":
+        assert run_schema_builder(request, target_conn, settings=settings).status == "applied"
+    service.clear_plan_cache()
+
+    outcome = run_schema_builder(request, target_conn, settings=settings)
+
+    assert outcome.status == answer
+    assert outcome.migration is not None and not outcome.migration.fully_checked
+    [plan] = service._plans.values()
+    assert plan.migration.fully_checked
+    assert plan.migration.script == outcome.migration.script

@@ -548,6 +548,12 @@ def test_random_schemas_pass_the_parser_check(random_schema: Schema) -> None:
 
     check_statements(migration.statements)
     assert len(pglast.parse_sql(migration.script)) == len(migration.statements)
+    # Checked in part, the script splits after its checked statements, which parse alone.
+    deferred = render_migration(random_schema, defer_check=True)
+    assert deferred.script == migration.script
+    assert 1 <= deferred.checked <= len(migration.statements)
+    head = deferred.script[: deferred.checked_length()]
+    assert len(pglast.parse_sql(head)) == deferred.checked
     first_fk = next(
         (i for i, s in enumerate(migration.statements) if "FOREIGN KEY" in s),
         len(migration.statements),
@@ -630,3 +636,66 @@ def test_check_statements_counts_locations_in_bytes() -> None:
 def test_check_statements_accepts_the_generated_sql() -> None:
     check_statements(render_migration(schema(PATIENTS)).statements)
     check_statements([])
+
+
+# --- the deferred check (an apply checks most of a new plan while its first statements run) --
+
+
+def _spy_on_check(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, ...]]:
+    import builder.ddl
+
+    checked: list[tuple[str, ...]] = []
+
+    def spy(statements: Any) -> None:
+        checked.append(tuple(statements))
+        check_statements(statements)
+
+    monkeypatch.setattr(builder.ddl, "check_statements", spy)
+    return checked
+
+
+def test_a_deferred_check_checks_the_first_eighth_and_the_rest_when_asked(monkeypatch) -> None:
+    checked = _spy_on_check(monkeypatch)
+    tables = [table(f"t{n}", Column("note", "TEXT")) for n in range(6)]
+    whole = render_migration(schema(*tables))
+    checked.clear()
+
+    migration = render_migration(schema(*tables), defer_check=True)
+
+    statements = migration.statements
+    assert statements == whole.statements
+    assert (migration.script, migration.checksum) == (whole.script, whole.checksum)
+    assert len(statements) == 24
+    assert migration.checked == 3 and not migration.fully_checked
+    assert checked == [statements[:3]]
+    split = migration.checked_length()
+    assert migration.script[:split] == "-- WF106 schema v1: test\n\n" + "\n\n".join(
+        f"{s};" for s in statements[:3]
+    )
+    assert migration.script[split:] == "".join(f"\n\n{s};" for s in statements[3:]) + "\n"
+
+    rest = migration.check_rest()
+    assert checked == [statements[:3], statements[3:]]
+    assert rest.fully_checked and rest.checked_length() == len(migration.script) - 1
+    assert (rest.statements, rest.script) == (statements, migration.script)
+    assert rest.check_rest() is rest and len(checked) == 2  # nothing left to check
+
+
+def test_a_small_migration_is_checked_whole_even_when_the_check_may_wait(monkeypatch) -> None:
+    checked = _spy_on_check(monkeypatch)
+    migration = render_migration(schema(table("t", tenant=False)), defer_check=True)
+
+    assert len(migration.statements) < 8
+    assert migration.fully_checked and checked == [migration.statements]
+
+
+def test_the_rest_of_a_deferred_check_raises_for_an_unsafe_statement() -> None:
+    tables = [table(f"t{n}") for n in range(4)]
+    migration = render_migration(schema(*tables), defer_check=True)
+    statements = (*migration.statements[:-1], 'DROP TABLE "public"."t0"')
+    unsafe = type(migration)(
+        statements=statements, script="", checksum="", checked=migration.checked
+    )
+
+    with pytest.raises(UnsafeSQLError, match="DropStmt is not allowed"):
+        unsafe.check_rest()

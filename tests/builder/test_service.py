@@ -223,7 +223,7 @@ def test_the_plan_keys_are_bounded_like_the_plans(plans, monkeypatch):
 def test_sql_failing_the_parser_check_is_a_failed_answer_and_runs_nothing(plans, monkeypatch):
     from builder.errors import UnsafeSQLError
 
-    def unsafe(schema, target_schema="public"):
+    def unsafe(schema, target_schema="public", defer_check=False):
         raise UnsafeSQLError("statements[3]: statement kind DropStmt is not allowed")
 
     parsed = []
