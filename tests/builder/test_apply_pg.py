@@ -761,12 +761,17 @@ def test_the_rest_of_a_script_is_checked_while_its_start_runs(
     seen: list[Any] = []
 
     def check() -> None:
+        # Watch the apply's backend until it is no longer running the start of the script, or
+        # is at its closing pg_sleep (it runs the DDL before it).
         with psycopg.connect(target_dsn, autocommit=True) as observer:
-            seen.append(
-                observer.execute(
+            for _ in range(400):
+                state = observer.execute(
                     "SELECT state, wait_event FROM pg_stat_activity WHERE pid = %s", [pid]
                 ).fetchone()
-            )
+                if state is None or state[0] != "active" or state[1] == "PgSleep":
+                    break
+                time.sleep(0.005)
+            seen.append(state)
 
     attempt = two_part_attempt(target_schema, check, head="\n\nSELECT pg_sleep(0.3);")
     result = apply_attempt(target_conn, attempt, settings_for(target_schema))
