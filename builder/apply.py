@@ -247,7 +247,6 @@ def _apply_in_transaction(
         # One round trip: which of the schema's relations exist already (kept for the ledger
         # row in a transaction-local setting), the script, then its ledger row, which runs only
         # if every statement of the script succeeded and records the server's time for it.
-        # With a pending check, two: the message is split where the unchecked part begins.
         # With a pending check, two: split where the unchecked part begins, and the first one
         # keeps the time it began in a transaction-local setting, for `execution_ms`.
         pending = attempt.pending_check

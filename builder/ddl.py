@@ -117,8 +117,8 @@ class Migration:
         """Return the length of the text at the start of `script` that holds the header and
         exactly the checked statements (each with its `;`): `script[:n]` may be run on its own,
         and `script[n:]` holds the rest (`render_script`'s layout)."""
-        header = self.script.index("\n\n") if self.statements else len(self.script) - 1
-        return header + sum(len(s) + 3 for s in self.statements[: self.checked])
+        # The script ends with "\n\n<statement>;" for each statement, then "\n".
+        return len(self.script) - 1 - sum(len(s) + 3 for s in self.statements[self.checked :])
 
 
 CHECKED_AHEAD_MIN = 8

@@ -149,10 +149,8 @@ _INSERT_ROW = sql.SQL(
 
 # The time since the server received the current query message: appended to the script it
 # follows, the INSERT records how long the server took to run that script.
-SERVER_ELAPSED_MS = sql.SQL(
-    "(extract(epoch FROM clock_timestamp() - statement_timestamp()) * 1000)::integer"
-)
 _ELAPSED_SINCE_MS = sql.SQL("(extract(epoch FROM clock_timestamp() - {}) * 1000)::integer")
+SERVER_ELAPSED_MS = _ELAPSED_SINCE_MS.format(sql.SQL("statement_timestamp()"))
 
 
 def _row_values(row: NewLedgerRow) -> dict[str, Any]:
