@@ -296,6 +296,41 @@ def test_failed_is_500_rolled_back_recorded_and_without_internals(client, target
     assert not SchemaEvent.objects.filter(submission=stored).exists()
 
 
+def test_sql_failing_its_check_after_its_start_ran_is_500_recorded_and_stored(
+    client, target, target_conn, monkeypatch
+):
+    from builder import ddl, service
+    from builder.errors import UnsafeSQLError
+
+    def unsafe(migration):
+        raise UnsafeSQLError("statements[9]: statement kind DropStmt is not allowed")
+
+    monkeypatch.setattr(ddl.Migration, "check_rest", unsafe)
+    service.clear_plan_cache()  # a new plan: its check is finished while its start runs
+
+    response = post(client, envelope([PATIENTS], version="007"))
+
+    assert response.status_code == 500
+    data = response.json()
+    assert_envelope(data, "failed")
+    assert "parser check" in data["result"]["summary"]
+    assert "DropStmt" not in response.content.decode()
+    ledger = target_conn.execute(
+        sql.SQL("SELECT id::text, status, error_message FROM {}").format(
+            sql.Identifier(target, "schema_migrations")
+        )
+    ).fetchall()
+    assert [(row[0], row[1]) for row in ledger] == [
+        (data["result"]["primary_outputs"]["migration_log_id"], "failed")
+    ]
+    assert "DropStmt" in ledger[0][2]
+    stored = SchemaSubmission.objects.get(pk=data["result"]["submission_id"])
+    assert (stored.status, stored.http_status) == ("failed", 500)
+    assert str(stored.migration_log_id) == ledger[0][0]
+    assert "DropStmt" in stored.error_message
+    assert stored.generated_sql.startswith("-- WF106 schema v007")
+
+
 def test_force_apply_reapplies_an_applied_version(client, target, target_conn):
     assert post(client, envelope([PATIENTS])).status_code == 200
     target_conn.execute(
