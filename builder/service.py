@@ -353,8 +353,8 @@ def _attempt(prepared: Prepared, rest: _RestCheck | None = None) -> applying.Att
     migration = prepared.migration
     return applying.Attempt(
         schema=prepared.schema,
-        script=prepared.migration.script,
-        checksum=prepared.migration.checksum,
+        script=migration.script,
+        checksum=migration.checksum,
         schema_hash=prepared.schema_hash,
         idempotency_key=prepared.idempotency_key,
         tenant_id=envelope.tenant_id,
@@ -406,14 +406,6 @@ def _unsafe_sql(envelope: Envelope, error: str, started: float) -> Outcome:
 def _refused(prepared: Prepared, refused: applying.ScriptRefused, started: float) -> Outcome:
     """The end of the script failed the parser check after its start ran (rolled back)."""
     ledger_id = refused.ledger_id
-    primary = {
-        **_counts(prepared),
-        "migration_log_id": ledger_id,
-        "schema_hash": prepared.schema_hash,
-        "idempotency_key": prepared.idempotency_key,
-        "warnings": [],
-    }
-    written = [{"table": LEDGER_TABLE, "record_id": ledger_id, "status": "failed"}]
     response = output_envelope(
         prepared.envelope,
         status="failed",
@@ -422,10 +414,30 @@ def _refused(prepared: Prepared, refused: applying.ScriptRefused, started: float
             "had run was rolled back, and nothing was applied."
         ),
         latency_ms=_elapsed_ms(started),
-        primary_outputs=primary,
-        data_written=written if ledger_id is not None else [],
+        primary_outputs=_applying_outputs(prepared, ledger_id, []),
+        data_written=_ledger_written(ledger_id, "failed"),
     )
     return _outcome(prepared, "failed", response, migration_log_id=ledger_id, error=str(refused))
+
+
+def _applying_outputs(
+    prepared: Prepared, ledger_id: str | None, warnings: list[str]
+) -> dict[str, Any]:
+    """The primary outputs of a request that reached the target's ledger (not a preview)."""
+    return {
+        **_counts(prepared),
+        "migration_log_id": ledger_id,
+        "schema_hash": prepared.schema_hash,
+        "idempotency_key": prepared.idempotency_key,
+        "warnings": warnings,
+    }
+
+
+def _ledger_written(ledger_id: str | None, status: str) -> list[dict[str, Any]]:
+    """`audit.data_written` for the ledger row `ledger_id` (none if it could not be written)."""
+    if ledger_id is None:
+        return []
+    return [{"table": LEDGER_TABLE, "record_id": ledger_id, "status": status}]
 
 
 def _preview(prepared: Prepared, started: float) -> Outcome:
@@ -466,13 +478,7 @@ def _finished(
     prepared: Prepared, result: applying.ApplyResult, warnings: list[str], started: float
 ) -> Outcome:
     version = prepared.schema.version
-    primary: dict[str, Any] = {
-        **_counts(prepared),
-        "migration_log_id": result.ledger_id,
-        "schema_hash": prepared.schema_hash,
-        "idempotency_key": prepared.idempotency_key,
-        "warnings": warnings,
-    }
+    primary = _applying_outputs(prepared, result.ledger_id, warnings)
     extra: dict[str, Any] = {}
     applied_at = _iso(result.applied_at)
     if result.status == applying.APPLIED:
@@ -506,11 +512,8 @@ def _finished(
     if result.status in (applying.NOOP, applying.CONFLICT):
         primary["tables_created"] = 0
         primary["indexes_created"] = 0
-    written = []
-    if result.status in (applying.APPLIED, applying.FAILED) and result.ledger_id is not None:
-        written.append(
-            {"table": LEDGER_TABLE, "record_id": result.ledger_id, "status": _ledger_status(result)}
-        )
+    ran = result.status in (applying.APPLIED, applying.FAILED)
+    written = _ledger_written(result.ledger_id, _ledger_status(result)) if ran else []
     response = output_envelope(
         prepared.envelope,
         status=result.status,
