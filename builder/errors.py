@@ -1,4 +1,4 @@
-"""Structured errors that the builder reports to callers."""
+"""The builder's errors: one root class, `BuilderError`, so callers can catch the family."""
 
 from __future__ import annotations
 
@@ -23,7 +23,15 @@ class ValidationIssue:
         return {"path": self.path, "code": self.code, "message": self.message}
 
 
-class SchemaValidationError(Exception):
+class BuilderError(Exception):
+    """The root of every error the builder raises."""
+
+
+class InvalidRequestJSON(BuilderError, ValueError):
+    """A request body cannot be used as a request; the message says why."""
+
+
+class SchemaValidationError(BuilderError):
     """Raised with every issue found when input cannot be normalized."""
 
     def __init__(self, issues: list[ValidationIssue]) -> None:
@@ -31,5 +39,12 @@ class SchemaValidationError(Exception):
         self.issues = issues
 
 
-class UnsafeSQLError(Exception):
+class UnsafeSQLError(BuilderError):
     """Raised when generated SQL does not pass the PostgreSQL parser check (a builder bug)."""
+
+
+class CallerFailed(BuilderError):
+    """The caller's `before_commit` raised: the apply was rolled back and recorded as `failed`.
+
+    The caller's exception is the `__cause__`.
+    """

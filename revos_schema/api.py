@@ -6,23 +6,18 @@ answer, errors included, has the output envelope shape `{meta_out, result, audit
 
 from __future__ import annotations
 
-import functools
 import logging
 from typing import Any
 
 import psycopg
 from django.conf import settings
-from django.contrib.auth import get_user_model
 from django.core.exceptions import RequestDataTooBig
-from django.db import InterfaceError, OperationalError, connections, router
-from django.db.backends.base.base import BaseDatabaseWrapper
-from django.db.models import BooleanField, F, Func, Model, Value
+from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import reverse
 from django.utils.translation import gettext_lazy as _
 from django.views.defaults import page_not_found
 from drf_spectacular.utils import extend_schema
-from psycopg import sql
 from rest_framework import exceptions, status
 from rest_framework.authentication import TokenAuthentication
 from rest_framework.permissions import BasePermission, IsAuthenticated
@@ -30,9 +25,9 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView, exception_handler
 
-from builder.contract import output_envelope, parse_envelope
 from builder.errors import ValidationIssue
-from builder.request_json import InvalidRequestJSON, parse_request_json
+from builder.request.body import InvalidRequestJSON, parse_request_json
+from builder.request.envelope import output_envelope, parse_envelope
 from revos_schema import api_docs
 from revos_schema.models import SchemaSubmission
 from revos_schema.services import OutcomeNotStored, store_unreadable, submit_envelope
@@ -43,151 +38,26 @@ logger = logging.getLogger(__name__)
 SUBMIT_PERMISSION = "revos_schema.submit_schema"
 
 
-class HoldsPermission(Func):
-    """Does the user hold the permission (app label, codename), directly or through a group?
-
-    The rule is ModelBackend's, over django.contrib.auth's own tables, for an active user who
-    is not a superuser; the PL/pgSQL function is created by migration 0002 (so its query's plan
-    is kept for the life of the connection).
-    """
-
-    function = "revos_schema_holds_permission"
-    output_field = BooleanField()
-
-    def __init__(self, user_id: Any, permission: str) -> None:
-        app_label, codename = permission.split(".")
-        super().__init__(user_id, Value(app_label), Value(codename))
-
-
 class WebhookTokenAuthentication(TokenAuthentication):
-    """DRF's token authentication, reading in the same query whether the user may submit.
+    """DRF's token authentication, refusing a key with a NUL character before any query.
 
-    With Django's own user model and `ModelBackend` as the only authentication backend (this
-    project's settings), the token, its user and `HoldsPermission(submit_schema)` are one query
-    (`_token_query`); `CanSubmitSchema` uses the answer. Otherwise this is DRF's
-    `TokenAuthentication`.
+    No token has one, and PostgreSQL refuses it in a query parameter (a 500). gunicorn answers
+    400 to such a header itself; other servers may pass it on.
     """
 
     def authenticate_credentials(self, key: str) -> tuple[Any, Any]:
         if "\x00" in key:
-            # No token has one, and PostgreSQL refuses it in a query parameter (a 500). gunicorn
-            # answers 400 to such a header itself; other servers may pass it on.
             raise exceptions.AuthenticationFailed(_("Invalid token."))
-        if not _model_backend_only():
-            return super().authenticate_credentials(key)
-        token = _read_token(self.get_model(), key)
-        # As DRF's own authenticate_credentials.
-        if token is None:
-            raise exceptions.AuthenticationFailed(_("Invalid token."))
-        if not token.user.is_active:
-            raise exceptions.AuthenticationFailed(_("User inactive or deleted."))
-        return (token.user, token)
-
-
-def _read_token(token_model: type[Model], key: str) -> Any:
-    """Return the token `key` with its user and `holds_submit_schema`, or None if none has it.
-
-    One row of `_token_query`: the user's columns, the token's, then whether the user holds
-    the submit permission. Both objects are built by `from_db`, as the ORM builds them
-    (`_from_row`); the token's `user` is that user. Django's `raw()` did the same for the user
-    in about 0.3 ms more per call (0.87-0.95 ms against 0.60-0.78 ms, 1,000 calls in one
-    process), most of it finding which columns go to which field.
-    """
-    user_model = get_user_model()
-    connection = connections[router.db_for_read(token_model)]
-    with connection.cursor() as cursor:
-        cursor.execute(_token_query(token_model), [*SUBMIT_PERMISSION.split("."), key])
-        row = cursor.fetchone()
-    if row is None:
-        return None
-    split = len(user_model._meta.concrete_fields)
-    user = _from_row(user_model, connection, row[:split])
-    token = _from_row(token_model, connection, row[split:-1])
-    token.user = user  # type: ignore[attr-defined]
-    token.holds_submit_schema = bool(row[-1])  # type: ignore[attr-defined]
-    return token
-
-
-def _from_row(model: type[Model], connection: BaseDatabaseWrapper, values: tuple[Any, ...]) -> Any:
-    """`model.from_db` with the values of its concrete fields, in order, as read from the row.
-
-    No database converters are applied: Django's User and DRF's Token (the only models this
-    path reads, `_model_backend_only`) have none on PostgreSQL; a test compares both objects,
-    field by field, with what the ORM loads.
-    """
-    fields = model._meta.concrete_fields
-    return model.from_db(connection.alias, [field.attname for field in fields], list(values))
-
-
-@functools.cache
-def _token_query(token_model: type[Model]) -> str:
-    """The SQL of `_read_token`: the ORM's query, written out once from the models' metadata.
-
-    `Token.objects.select_related("user").annotate(HoldsPermission(...)).get(key=key)` asks the
-    same, but building and compiling it took about 1 ms of every request: most of the time of
-    authentication, and a fifth of a noop's CPU. The parameters are the permission's app label
-    and codename, then the key.
-    """
-    user = get_user_model()._meta
-    token = token_model._meta
-    user_id = sql.Identifier("u", user.pk.column)
-    query = sql.SQL(
-        "SELECT {user_columns}, {token_columns}, revos_schema_holds_permission({user_id}, %s, %s) "
-        "FROM {token_table} t JOIN {user_table} u ON {user_id} = {token_user} "
-        "WHERE {token_key} = %s"
-    ).format(
-        user_columns=sql.SQL(", ").join(
-            sql.Identifier("u", field.column) for field in user.concrete_fields
-        ),
-        token_columns=sql.SQL(", ").join(
-            sql.Identifier("t", field.column) for field in token.concrete_fields
-        ),
-        user_id=user_id,
-        token_table=sql.Identifier(token.db_table),
-        user_table=sql.Identifier(user.db_table),
-        token_user=sql.Identifier("t", token.get_field("user").column),
-        token_key=sql.Identifier("t", token.pk.column),
-    )
-    return query.as_string()
+        return super().authenticate_credentials(key)
 
 
 class CanSubmitSchema(BasePermission):
-    """The caller holds `revos_schema.submit_schema` (service accounts need not be staff).
-
-    `user.has_perm` loads all of the user's permissions in two ORM queries on every call, a
-    large share of a webhook request's cost. With Django's own user model and `ModelBackend`
-    as the only authentication backend (this project's settings), the same rule (an active
-    superuser holds everything; otherwise the permission is held directly or through a group)
-    is the database function behind `HoldsPermission`, read with the token
-    (`WebhookTokenAuthentication`) or, for any other authentication, in a query of its own.
-    With anything else configured, `has_perm` decides.
-    """
+    """The caller holds `revos_schema.submit_schema` (service accounts need not be staff)."""
 
     message = "This account lacks the permission revos_schema.submit_schema."
 
     def has_permission(self, request: Request, view: APIView) -> bool:
-        user = request.user
-        if not user or not user.is_authenticated or not user.is_active:
-            return False
-        if not _model_backend_only():
-            return bool(user.has_perm(SUBMIT_PERMISSION))
-        if user.is_superuser:
-            return True
-        held = getattr(request.auth, "holds_submit_schema", None)
-        if held is None:
-            held = (
-                get_user_model()
-                .objects.filter(pk=user.pk)
-                .values_list(HoldsPermission(F("pk"), SUBMIT_PERMISSION), flat=True)
-                .first()
-            )
-        return bool(held)
-
-
-def _model_backend_only() -> bool:
-    return settings.AUTH_USER_MODEL == "auth.User" and settings.AUTHENTICATION_BACKENDS == [
-        "django.contrib.auth.backends.ModelBackend"
-    ]
+        return bool(request.user and request.user.has_perm(SUBMIT_PERMISSION))
 
 
 class WebhookView(APIView):

@@ -2,7 +2,7 @@
 
 `SchemaSubmission`, the `SchemaPlan` it references, and `SchemaEvent` live in the app's own
 database. `MigrationLedgerEntry` is an unmanaged model over the `schema_migrations` table that
-the builder creates in the TARGET database (`builder/ledger.py`);
+the builder creates in the TARGET database (`builder/db/ledger.py`);
 `revos_schema.routers.TargetRouter` sends it to the `target` alias and Django migrations never
 create or change that table.
 """
@@ -14,6 +14,8 @@ import uuid
 from typing import Any
 
 from django.db import connections, models, router
+
+from builder.status import LedgerStatus, Status
 
 
 class SchemaPlan(models.Model):
@@ -54,16 +56,12 @@ class SchemaSubmission(models.Model):
         ADMIN = "admin", "Admin"
         CLI = "cli", "Command line"
 
-    class Status(models.TextChoices):
-        RECEIVED = "received", "Received"
-        PREVIEW = "preview", "Preview"
-        APPLIED = "applied", "Applied"
-        NOOP = "noop", "Already applied"
-        PENDING_APPROVAL = "pending_approval", "Pending approval"
-        BLOCKED = "blocked", "Blocked"
-        CONFLICT = "conflict", "Conflict"
-        FAILED = "failed", "Failed"
-        REJECTED = "rejected", "Rejected"
+    # The builder's statuses, and `received`: stored before the target commits an apply.
+    Status = models.TextChoices(
+        "Status",
+        [("RECEIVED", ("received", "Received"))]
+        + [(status.name, (status.value, status.label)) for status in Status],
+    )
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
@@ -143,13 +141,12 @@ class SchemaEvent(models.Model):
 class MigrationLedgerEntry(models.Model):
     """A row of the builder's migration ledger (`schema_migrations`) in the target database.
 
-    Read-only here: the builder writes it. Keep the fields in sync with `builder/ledger.py`.
+    Read-only here: the builder writes it. Keep the fields in sync with `builder/db/ledger.py`.
     """
 
-    class Status(models.TextChoices):
-        SUCCESS = "success", "Success"
-        FAILED = "failed", "Failed"
-        REAPPLIED = "reapplied", "Reapplied"
+    Status = models.TextChoices(
+        "Status", [(status.name, (status.value, status.value.title())) for status in LedgerStatus]
+    )
 
     # The nullable text columns mirror the builder's table, where NULL means "not given".
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)

@@ -16,8 +16,7 @@ from typing import Any
 import pytest
 from django.db import connections
 
-from builder import ledger
-from revos_schema import services
+from builder.db import ledger
 from revos_schema.models import SchemaEvent, SchemaSubmission
 
 
@@ -63,19 +62,13 @@ def target(settings: Any, target_schema: str) -> str:
 
 
 @pytest.fixture(autouse=True)
-def no_remembered_plans() -> None:
-    """Each test starts with a process that knows of no stored plan (its database is new)."""
-    services._stored_plans.clear()
-
-
-@pytest.fixture(autouse=True)
 def fast_password_hashing(settings: Any) -> None:
     """Hash test passwords cheaply: the default hasher spends about a second on each one."""
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
 @contextmanager
-def _trigger(table: str, when: str, body: str) -> Iterator[None]:
+def trigger(table: str, when: str, body: str) -> Iterator[None]:
     """A row trigger `when` (e.g. "BEFORE INSERT") on `table` that runs the PL/pgSQL `body`."""
     with connections["default"].cursor() as cursor:
         cursor.execute(
@@ -100,7 +93,7 @@ def event_log_full() -> Iterator[None]:
     A real failure of the event's INSERT, in whatever statement writes it; removed afterwards
     (in a test that runs in a transaction, the rollback removes it too).
     """
-    with _trigger(
+    with trigger(
         SchemaEvent._meta.db_table,
         "BEFORE INSERT",
         "RAISE EXCEPTION 'the event log is full';",
@@ -111,5 +104,5 @@ def event_log_full() -> Iterator[None]:
 @pytest.fixture
 def submission_updates_skipped() -> Iterator[None]:
     """Make every UPDATE of a `SchemaSubmission` row change nothing, without an error."""
-    with _trigger(SchemaSubmission._meta.db_table, "BEFORE UPDATE", "RETURN NULL;"):
+    with trigger(SchemaSubmission._meta.db_table, "BEFORE UPDATE", "RETURN NULL;"):
         yield

@@ -6,7 +6,7 @@ import pytest
 from django.contrib.auth.models import Permission, User
 from django.db import connections
 
-from builder import ledger
+from builder.db import ledger
 from revos_schema.models import SchemaEvent, SchemaPlan, SchemaSubmission
 
 BOTH_DATABASES = ["default", "target"]

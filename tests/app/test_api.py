@@ -11,8 +11,8 @@ from psycopg import sql
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from builder.service import Prepared, prepare
-from revos_schema.models import SchemaEvent, SchemaSubmission
+from builder.pipeline import Prepared, prepare
+from revos_schema.models import SchemaEvent, SchemaPlan, SchemaSubmission
 from tests.builder.helpers import PATIENTS, envelope, load_fixture
 
 URL = "/wf106/schema-builder"
@@ -296,17 +296,17 @@ def test_failed_is_500_rolled_back_recorded_and_without_internals(client, target
     assert not SchemaEvent.objects.filter(submission=stored).exists()
 
 
-def test_sql_failing_its_check_after_its_start_ran_is_500_recorded_and_stored(
+def test_sql_failing_the_parser_check_is_500_stored_and_never_sent(
     client, target, target_conn, monkeypatch
 ):
-    from builder import ddl, service
+    import builder.pipeline
     from builder.errors import UnsafeSQLError
 
-    def unsafe(migration):
+    def unsafe(schema, target_schema="public"):
         raise UnsafeSQLError("statements[9]: statement kind DropStmt is not allowed")
 
-    monkeypatch.setattr(ddl.Migration, "check_rest", unsafe)
-    service.clear_plan_cache()  # a new plan: its check is finished while its start runs
+    monkeypatch.setattr(builder.pipeline, "render_migration", unsafe)
+    builder.pipeline.clear_plan_cache()
 
     response = post(client, envelope([PATIENTS], version="007"))
 
@@ -315,20 +315,13 @@ def test_sql_failing_its_check_after_its_start_ran_is_500_recorded_and_stored(
     assert_envelope(data, "failed")
     assert "parser check" in data["result"]["summary"]
     assert "DropStmt" not in response.content.decode()
-    ledger = target_conn.execute(
-        sql.SQL("SELECT id::text, status, error_message FROM {}").format(
-            sql.Identifier(target, "schema_migrations")
-        )
-    ).fetchall()
-    assert [(row[0], row[1]) for row in ledger] == [
-        (data["result"]["primary_outputs"]["migration_log_id"], "failed")
-    ]
-    assert "DropStmt" in ledger[0][2]
+    # Nothing reached the target, not even its ledger.
+    assert target_conn.execute(
+        "SELECT to_regclass(%s)", [f"{target}.schema_migrations"]
+    ).fetchone() == (None,)
     stored = SchemaSubmission.objects.get(pk=data["result"]["submission_id"])
     assert (stored.status, stored.http_status) == ("failed", 500)
-    assert str(stored.migration_log_id) == ledger[0][0]
     assert "DropStmt" in stored.error_message
-    assert stored.generated_sql.startswith("-- WF106 schema v007")
 
 
 def test_force_apply_reapplies_an_applied_version(client, target, target_conn):
@@ -394,25 +387,44 @@ def test_openapi_schema_and_docs_are_served(client):
     assert b"swagger-ui" in docs.content
 
 
-def test_an_apply_is_on_record_as_received_before_the_target_commits(client, target, monkeypatch):
-    import builder.apply
+# Committed by the app's connection while the apply's transaction is open: not in a test's.
+@pytest.mark.django_db(transaction=True)
+def test_an_apply_is_on_record_as_received_before_the_target_commits(client, target, target_dsn):
+    import psycopg
 
-    seen: list[list[str]] = []
-    commit = builder.apply._commit
+    from builder.db import ledger
 
-    def spy(conn):
-        seen.extend(
-            SchemaSubmission.objects.values_list("status", "plan__generated_sql", "schema_version")
+    submissions = sql.Identifier("public", SchemaSubmission._meta.db_table)
+    plans = sql.Identifier("public", SchemaPlan._meta.db_table)
+    seen = sql.Identifier(target, "seen_at_commit")
+    # A deferred constraint trigger on the ledger runs as the apply's transaction commits, and
+    # keeps what the app's database held at that moment.
+    with psycopg.connect(target_dsn, autocommit=True) as conn:
+        ledger.ensure_ledger(conn, target)
+        conn.execute(
+            sql.SQL(
+                "CREATE TABLE {seen} (status text, script text, version text);"
+                "CREATE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                "INSERT INTO {seen} SELECT s.status, p.generated_sql, s.schema_version "
+                "FROM {submissions} s LEFT JOIN {plans} p ON p.digest = s.plan_id; "
+                "RETURN NULL; END $$;"
+                "CREATE CONSTRAINT TRIGGER seen_at_commit AFTER INSERT ON {ledger} "
+                "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION {function}()"
+            ).format(
+                seen=seen,
+                function=sql.Identifier(target, "keep_what_is_seen"),
+                submissions=submissions,
+                plans=plans,
+                ledger=sql.Identifier(target, "schema_migrations"),
+            )
         )
-        return commit(conn)
-
-    monkeypatch.setattr(builder.apply, "_commit", spy)
-    response = post(client, load_fixture("foundation_v001.json"))
+        response = post(client, load_fixture("foundation_v001.json"))
+        at_commit = conn.execute(sql.SQL("SELECT * FROM {}").format(seen)).fetchall()
 
     assert response.json()["result"]["status"] == "applied"
     stored = SchemaSubmission.objects.get()
     # On record before the target commits, with the SQL it ran.
-    assert seen == [("received", stored.generated_sql, "001")]
+    assert at_commit == [("received", stored.generated_sql, "001")]
     assert stored.generated_sql.startswith("-- WF106 schema v001")
     assert stored.status == "applied"
     assert stored.normalized_schema["version"] == "001"
@@ -442,15 +454,17 @@ def test_an_apply_that_cannot_be_recorded_is_rolled_back_500_and_in_the_ledger(
     client, target, target_dsn, monkeypatch
 ):
     import psycopg
-    from django.db import OperationalError
 
-    from revos_schema import services
+    from tests.app.conftest import trigger
 
-    def lost(*args):
-        raise OperationalError("the submissions database went away")
-
-    monkeypatch.setattr(services, "_record_request", lost)
-    response = post(client, load_fixture("foundation_v001.json"))
+    # PostgreSQL refuses to store the `received` row: a real failure of the app's database.
+    with trigger(
+        SchemaSubmission._meta.db_table,
+        "BEFORE INSERT",
+        "IF NEW.status = 'received' THEN "
+        "RAISE EXCEPTION 'the submissions database went away'; END IF; RETURN NEW;",
+    ):
+        response = post(client, load_fixture("foundation_v001.json"))
 
     assert response.status_code == 500
     assert_envelope(response.json(), "failed")
@@ -544,7 +558,8 @@ def test_an_unreachable_service_database_is_503_with_the_envelope(
     def unreachable(*args):
         raise getattr(django.db, error)("connection to server at 10.0.0.1 failed")
 
-    monkeypatch.setattr(api, "_read_token", unreachable)
+    # The token is the first thing read from the service's database.
+    monkeypatch.setattr(api.WebhookTokenAuthentication, "authenticate_credentials", unreachable)
     if method == "post":
         response = post(client, envelope([PATIENTS]))
     else:

@@ -28,7 +28,7 @@ from django.db import connections
 from psycopg import sql
 from rest_framework.authtoken.models import Token
 
-from builder.ledger import LEDGER_TABLE
+from builder.db.ledger import LEDGER_TABLE
 from revos_schema.envvars import environment_without_settings
 from revos_schema.models import SchemaEvent, SchemaSubmission
 from tests.builder.helpers import FIXTURES

@@ -30,8 +30,8 @@ from psycopg import sql
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from builder.request_json import find_unusable
-from builder.service import Prepared, Rejected, prepare
+from builder.pipeline import Prepared, Rejected, prepare
+from builder.request.body import find_unusable
 
 URL = "/wf106/schema-builder"
 pytestmark = pytest.mark.django_db
@@ -1222,7 +1222,7 @@ def unstorable_json(body: object) -> bool:
     """Say whether a case holds what the request reader refuses before validation.
 
     That is a NUL or a lone surrogate in a string, a number that overflows to infinity
-    (`1e999`), or nesting too deep (`builder.request_json.find_unusable`).
+    (`1e999`), or nesting too deep (`builder.request.body.find_unusable`).
     """
     if isinstance(body, bytes):
         try:

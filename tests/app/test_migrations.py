@@ -11,6 +11,7 @@ from revos_schema.models import SchemaPlan
 APP = "revos_schema"
 BEFORE = [(APP, "0002_holds_permission_function")]
 AFTER = [(APP, "0003_schema_plan")]
+LATEST = [(APP, "0004_drop_holds_permission_function")]
 
 
 def migrate(targets: list[tuple[str, str]]) -> MigrationExecutor:
@@ -23,7 +24,7 @@ def migrate(targets: list[tuple[str, str]]) -> MigrationExecutor:
 @pytest.fixture
 def back_to_latest():
     yield
-    migrate(AFTER)  # whatever the test left, the next tests get the current schema
+    migrate(LATEST)  # whatever the test left, the next tests get the current schema
 
 
 @pytest.mark.django_db(transaction=True)

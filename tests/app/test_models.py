@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 from django.contrib.auth.models import Permission, User
-from django.db import DataError, connections
+from django.db import connections
 from django.db.models import ProtectedError
 
-from builder import ledger
+from builder.db import ledger
 from revos_schema import services
 from revos_schema.models import MigrationLedgerEntry, SchemaEvent, SchemaPlan, SchemaSubmission
 
@@ -170,42 +170,23 @@ def test_ledger_model_is_not_managed_by_django_migrations():
     assert MigrationLedgerEntry._meta.db_table == ledger.LEDGER_TABLE
 
 
-def _plan_submission(digest: str, normalized_schema: str, script: str) -> SchemaSubmission:
-    submission = SchemaSubmission(source="cli", envelope=None, schema_hash="h", plan_id=digest)
-    services._insert_submission(submission, services._Plan(digest, normalized_schema, script))
-    return submission
-
-
 @pytest.mark.django_db
-def test_a_plan_is_stored_once_and_its_text_is_not_read_again():
-    digest = SchemaPlan.digest_of("h", "SELECT 1")
-    first = _plan_submission(digest, '{"version": "001"}', "SELECT 1")
-    # The same digest again: the text sent is not even parsed (this one is not JSON) and the
-    # stored plan is unchanged.
-    second = _plan_submission(digest, "not json", "something else")
+def test_a_json_null_request_is_stored_as_json_null(target):
+    outcome, submission = services.submit_envelope(None, source="cli")
 
-    assert SchemaPlan.objects.get().normalized_schema == {"version": "001"}
-    for submission in (first, second):
-        loaded = SchemaSubmission.objects.get(pk=submission.pk)
-        assert loaded.plan_id == digest
-        assert loaded.generated_sql == "SELECT 1"
-        assert loaded.envelope is None  # a JSON null request stays JSON null
+    assert outcome.status == "blocked"
+    loaded = SchemaSubmission.objects.get(pk=submission.pk)
+    assert loaded.envelope is None  # JSON null, not SQL NULL
     assert SchemaSubmission.objects.filter(envelope__isnull=True).count() == 0
 
 
 @pytest.mark.django_db
-def test_a_new_plan_with_text_that_is_not_json_stores_nothing():
-    with pytest.raises(DataError):
-        _plan_submission(SchemaPlan.digest_of("h", "x"), "not json", "x")
-
-    assert not SchemaPlan.objects.exists()
-    assert not SchemaSubmission.objects.exists()
-
-
-@pytest.mark.django_db
 def test_a_plan_in_use_cannot_be_deleted():
-    submission = _plan_submission(SchemaPlan.digest_of("h", "x"), "{}", "x")
+    plan = SchemaPlan.objects.create(
+        digest=SchemaPlan.digest_of("h", "x"), normalized_schema={}, generated_sql="x"
+    )
+    submission = SchemaSubmission.objects.create(source="cli", envelope={}, plan=plan)
 
     with pytest.raises(ProtectedError):
-        SchemaPlan.objects.get().delete()
+        plan.delete()
     assert SchemaSubmission.objects.get(pk=submission.pk).normalized_schema == {}

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from django.core.management.base import CommandError
 
-from builder.request_json import InvalidRequestJSON, parse_request_json
+from builder.request.body import InvalidRequestJSON, parse_request_json
 
 
 def read_envelope(path: str) -> object:

@@ -12,10 +12,11 @@ from typing import Any
 import psycopg
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from builder.status import Status
 from revos_schema.management.commands._envelope import read_envelope
 from revos_schema.services import OutcomeNotStored, submit_envelope
 
-OK_STATUSES = frozenset({"applied", "noop", "preview"})
+OK_STATUSES = frozenset({Status.APPLIED, Status.NOOP, Status.PREVIEW})
 
 
 class Command(BaseCommand):

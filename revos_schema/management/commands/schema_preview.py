@@ -7,7 +7,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from builder.service import Rejected, prepare
+from builder.pipeline import Rejected, prepare
 from revos_schema.management.commands._envelope import read_envelope
 from revos_schema.services import builder_settings
 

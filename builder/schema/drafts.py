@@ -13,10 +13,10 @@ import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from builder import names
-from builder.fields import IssueLog, shown
-from builder.spec import Column, ForeignKey, Index, Table
-from builder.sqltypes import SqlType
+from builder.request.fields import IssueLog, shown
+from builder.schema import names
+from builder.schema.spec import Column, ForeignKey, Index, Table
+from builder.schema.sqltypes import SqlType
 
 
 @dataclass

@@ -6,7 +6,6 @@ import copy
 import hashlib
 import json
 import random
-from pathlib import Path
 from typing import Any
 
 import pglast
@@ -15,18 +14,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from psycopg import sql
 
-from builder import names
 from builder.errors import SchemaValidationError, ValidationIssue
-from builder.normalize import canonical_json, normalize_schema, schema_hash
-from builder.spec import Column, ForeignKey, Index, Schema, Table
-
-_HERE = Path(__file__).resolve()
-# The repo keeps a copy of ../shared/fixtures in tests/fixtures; use the shared one otherwise.
-FIXTURES = next(
-    p
-    for p in (_HERE.parents[1] / "fixtures", _HERE.parents[3] / "shared" / "fixtures")
-    if p.is_dir()
-)
+from builder.schema import names
+from builder.schema.normalize import canonical_json, normalize_schema, schema_hash
+from builder.schema.spec import Column, ForeignKey, Index, Schema, Table
+from tests.builder.helpers import FIXTURES
 
 
 def fixture_payload(name: str) -> dict[str, Any]:

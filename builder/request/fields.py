@@ -14,8 +14,8 @@ import json
 import re
 from collections.abc import Collection, Mapping, Sequence
 
-from builder import names
 from builder.errors import ValidationIssue
+from builder.schema import names
 
 # PostgreSQL refuses user columns with the names of its system columns.
 SYSTEM_COLUMNS = frozenset({"tableoid", "xmin", "cmin", "xmax", "cmax", "ctid"})

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-import builder.contract
-import builder.request_json
-from builder.contract import parse_envelope
-from builder.request_json import (
+import builder.request.envelope
+from builder.request.body import (
     MAX_DEPTH,
     InvalidRequestJSON,
     RequestObject,
@@ -15,13 +13,7 @@ from builder.request_json import (
     parse_request_json,
     sha256_prefixed,
 )
-
-
-@pytest.fixture(autouse=True)
-def no_known_bodies():
-    builder.request_json.forget_known_bodies()
-    yield
-    builder.request_json.forget_known_bodies()
+from builder.request.envelope import parse_envelope
 
 
 def test_a_plain_envelope_parses():
@@ -106,42 +98,13 @@ def test_an_object_body_is_a_request_object_with_the_hash_of_its_value():
     assert parse_request_json(ENVELOPE).inputs_hash == value.inputs_hash  # str or bytes
 
 
-def test_a_body_read_again_is_not_checked_again_and_reads_the_same(monkeypatch):
-    first = parse_request_json(ENVELOPE.encode())
-
-    def no_second_check(value):
-        raise AssertionError("checked again")
-
-    monkeypatch.setattr(builder.request_json, "find_unusable", no_second_check)
-    again = parse_request_json(ENVELOPE.encode())
-    assert again == first and again is not first
-    assert again["payload"] is not first["payload"]  # each request has its own value
-    assert again.inputs_hash == first.inputs_hash
-    # Other bytes are checked, even when they only differ in spacing.
-    with pytest.raises(AssertionError, match="checked again"):
-        parse_request_json(ENVELOPE.replace(", ", ",").encode())
-
-
-def test_each_known_body_keeps_its_own_hash():
+def test_each_body_keeps_its_own_hash():
     one = parse_request_json(b'{"payload": {"schema_version": "1"}}')
     two = parse_request_json(b'{"payload": {"schema_version": "2"}}')
     one_again = parse_request_json(b'{"payload": {"schema_version": "1"}}')
 
     assert one.inputs_hash != two.inputs_hash
     assert one_again.inputs_hash == one.inputs_hash == sha256_prefixed(dict(one_again))
-
-
-def test_the_known_bodies_are_bounded(monkeypatch):
-    monkeypatch.setattr(builder.request_json, "KNOWN_BODIES", 2)
-    bodies = [f'{{"n": {n}}}'.encode() for n in range(3)]
-    for body in bodies:
-        parse_request_json(body)
-    assert len(builder.request_json._known) == 2
-    checked = []
-    monkeypatch.setattr(builder.request_json, "find_unusable", lambda v: checked.append(v))
-    parse_request_json(bodies[0])  # forgotten: the oldest
-    parse_request_json(bodies[2])
-    assert checked == [{"n": 0}]
 
 
 def test_a_body_that_is_not_an_object_is_returned_as_it_is():
@@ -154,7 +117,7 @@ def test_parse_envelope_uses_what_the_reading_found(monkeypatch):
     read = parse_request_json(ENVELOPE.encode())
     plain = parse_envelope(dict(read))
 
-    monkeypatch.setattr(builder.contract, "find_unusable", lambda v: "must not be called")
+    monkeypatch.setattr(builder.request.envelope, "find_unusable", lambda v: "must not be called")
     envelope = parse_envelope(read)
     assert envelope.inputs_hash == plain.inputs_hash
     assert envelope.issues == plain.issues == ()

@@ -12,11 +12,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pglast.stream import RawStream
 
-from builder import names
-from builder.ddl import order_tables, render_migration
 from builder.errors import UnsafeSQLError
-from builder.spec import ON_DELETE_ACTIONS, Column, ForeignKey, Index, Schema, Table
-from builder.sqlcheck import check_statements
+from builder.schema import names
+from builder.schema.spec import ON_DELETE_ACTIONS, Column, ForeignKey, Index, Schema, Table
+from builder.sql.check import check_statements
+from builder.sql.render import render_migration
 
 PATIENTS = Table(
     name="patients",
@@ -162,7 +162,7 @@ def test_reserved_words_are_quoted() -> None:
         Column("select", "TEXT"),
         indexes=(Index("idx_order_user", ("user",)),),
     )
-    migration = render_migration(schema(order, user))
+    migration = render_migration(schema(user, order))
 
     assert migration.statements[0].startswith('CREATE TABLE IF NOT EXISTS "public"."user" (')
     assert migration.statements[4] == (
@@ -298,40 +298,19 @@ def test_unknown_on_delete_action_is_a_bug() -> None:
 # --- ordering and deferred foreign keys ------------------------------------------------------
 
 
-def test_tables_come_after_the_tables_they_reference() -> None:
-    c = table("c", Column("b_id", "UUID", references=fk("b")))
-    b = table("b", Column("a_id", "UUID", references=fk("a")))
-    a = table("a", Column("outside_id", "UUID", references=fk("not_in_this_schema")))
-    d = table("d")
+def test_tables_keep_the_input_order_and_every_foreign_key_follows_them() -> None:
+    c = table("c", Column("b_id", "UUID", references=fk("b")), tenant=False)
+    b = table("b", Column("a_id", "UUID", references=fk("a")), tenant=False)
+    a = table("a", Column("outside_id", "UUID", references=fk("not_in_this_schema")), tenant=False)
+    statements = render_migration(schema(c, b, a)).statements
 
-    assert [t.name for t in order_tables(schema(c, b, a, d))] == ["a", "b", "c", "d"]
-    assert [t.name for t in order_tables(schema(d, c, b, a))] == ["d", "a", "b", "c"]
-
-
-def test_ties_keep_the_input_order() -> None:
-    tables = [table(name) for name in ("zeta", "alpha", "mid")]
-
-    assert [t.name for t in order_tables(schema(*tables))] == ["zeta", "alpha", "mid"]
-
-
-def test_cycles_are_broken_by_input_order() -> None:
-    a = table("a", Column("b_id", "UUID", references=fk("b")))
-    b = table("b", Column("a_id", "UUID", references=fk("a")))
-    c = table("c", Column("a_id", "UUID", references=fk("a")))
-
-    # `c` is not on the cycle: the cycle is broken at its first table in input order.
-    assert [t.name for t in order_tables(schema(c, b, a))] == ["b", "a", "c"]
-    assert [t.name for t in order_tables(schema(a, b, c))] == ["a", "b", "c"]
-    assert [t.name for t in order_tables(schema(c, a, b))] == ["a", "c", "b"]
-
-
-def test_a_longer_cycle_and_its_dependants() -> None:
-    a = table("a", Column("c_id", "UUID", references=fk("c")))
-    b = table("b", Column("a_id", "UUID", references=fk("a")))
-    c = table("c", Column("b_id", "UUID", references=fk("b")))
-    d = table("d", Column("c_id", "UUID", references=fk("c")), Column("d_id", "UUID"))
-
-    assert [t.name for t in order_tables(schema(d, c, b, a))] == ["c", "d", "a", "b"]
+    # No CREATE TABLE depends on another: a table may reference one created after it.
+    assert [s.split(" (")[0] for s in statements[:3]] == [
+        'CREATE TABLE IF NOT EXISTS "public"."c"',
+        'CREATE TABLE IF NOT EXISTS "public"."b"',
+        'CREATE TABLE IF NOT EXISTS "public"."a"',
+    ]
+    assert all("FOREIGN KEY" in s for s in statements[3:]) and len(statements) == 6
 
 
 def test_foreign_keys_of_a_cycle_and_a_self_reference_are_deferred() -> None:
@@ -340,20 +319,19 @@ def test_foreign_keys_of_a_cycle_and_a_self_reference_are_deferred() -> None:
     tree = table("tree", Column("parent_id", "UUID", references=fk("tree")), tenant=False)
     statements = render_migration(schema(a, b, tree)).statements
 
-    # `tree` only references itself, so it is ready first; the cycle a <-> b is broken at `a`.
     assert [s.split(" (")[0] for s in statements[:3]] == [
-        'CREATE TABLE IF NOT EXISTS "public"."tree"',
         'CREATE TABLE IF NOT EXISTS "public"."a"',
         'CREATE TABLE IF NOT EXISTS "public"."b"',
+        'CREATE TABLE IF NOT EXISTS "public"."tree"',
     ]
     assert all("FOREIGN KEY" not in s for s in statements[:3])
     foreign_keys = statements[3:]
     assert len(foreign_keys) == 3
     assert all(s.startswith("DO $wf106$") for s in foreign_keys)
-    assert 'ADD CONSTRAINT "tree_parent_id_fkey"' in foreign_keys[0]
-    assert 'REFERENCES "public"."tree" ("id") ON DELETE NO ACTION;' in foreign_keys[0]
-    assert 'REFERENCES "public"."b" ("id") ON DELETE CASCADE;' in foreign_keys[1]
-    assert 'REFERENCES "public"."a" ("id") ON DELETE SET NULL;' in foreign_keys[2]
+    assert 'REFERENCES "public"."b" ("id") ON DELETE CASCADE;' in foreign_keys[0]
+    assert 'REFERENCES "public"."a" ("id") ON DELETE SET NULL;' in foreign_keys[1]
+    assert 'ADD CONSTRAINT "tree_parent_id_fkey"' in foreign_keys[2]
+    assert 'REFERENCES "public"."tree" ("id") ON DELETE NO ACTION;' in foreign_keys[2]
 
 
 def test_foreign_key_to_a_non_default_column() -> None:
@@ -361,7 +339,7 @@ def test_foreign_key_to_a_non_default_column() -> None:
     uses = table(
         "uses", Column("code", "TEXT", references=ForeignKey("codes", "code")), tenant=False
     )
-    statements = render_migration(schema(uses, codes)).statements
+    statements = render_migration(schema(codes, uses)).statements
 
     assert create_table_position(statements, "codes") == 0
     assert 'FOREIGN KEY ("code") REFERENCES "public"."codes" ("code")' in statements[-1]
@@ -548,12 +526,6 @@ def test_random_schemas_pass_the_parser_check(random_schema: Schema) -> None:
 
     check_statements(migration.statements)
     assert len(pglast.parse_sql(migration.script)) == len(migration.statements)
-    # Checked in part, the script splits after its checked statements, which parse alone.
-    deferred = render_migration(random_schema, defer_check=True)
-    assert deferred.script == migration.script
-    assert 1 <= deferred.checked <= len(migration.statements)
-    head = deferred.script[: deferred.checked_length()]
-    assert len(pglast.parse_sql(head)) == deferred.checked
     first_fk = next(
         (i for i, s in enumerate(migration.statements) if "FOREIGN KEY" in s),
         len(migration.statements),
@@ -636,66 +608,3 @@ def test_check_statements_counts_locations_in_bytes() -> None:
 def test_check_statements_accepts_the_generated_sql() -> None:
     check_statements(render_migration(schema(PATIENTS)).statements)
     check_statements([])
-
-
-# --- the deferred check (an apply checks most of a new plan while its first statements run) --
-
-
-def _spy_on_check(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, ...]]:
-    import builder.ddl
-
-    checked: list[tuple[str, ...]] = []
-
-    def spy(statements: Any) -> None:
-        checked.append(tuple(statements))
-        check_statements(statements)
-
-    monkeypatch.setattr(builder.ddl, "check_statements", spy)
-    return checked
-
-
-def test_a_deferred_check_checks_the_first_eighth_and_the_rest_when_asked(monkeypatch) -> None:
-    checked = _spy_on_check(monkeypatch)
-    tables = [table(f"t{n}", Column("note", "TEXT")) for n in range(6)]
-    whole = render_migration(schema(*tables))
-    checked.clear()
-
-    migration = render_migration(schema(*tables), defer_check=True)
-
-    statements = migration.statements
-    assert statements == whole.statements
-    assert (migration.script, migration.checksum) == (whole.script, whole.checksum)
-    assert len(statements) == 24
-    assert migration.checked == 3 and not migration.fully_checked
-    assert checked == [statements[:3]]
-    split = migration.checked_length()
-    assert migration.script[:split] == "-- WF106 schema v1: test\n\n" + "\n\n".join(
-        f"{s};" for s in statements[:3]
-    )
-    assert migration.script[split:] == "".join(f"\n\n{s};" for s in statements[3:]) + "\n"
-
-    rest = migration.check_rest()
-    assert checked == [statements[:3], statements[3:]]
-    assert rest.fully_checked and rest.checked_length() == len(migration.script) - 1
-    assert (rest.statements, rest.script) == (statements, migration.script)
-    assert rest.check_rest() is rest and len(checked) == 2  # nothing left to check
-
-
-def test_a_small_migration_is_checked_whole_even_when_the_check_may_wait(monkeypatch) -> None:
-    checked = _spy_on_check(monkeypatch)
-    migration = render_migration(schema(table("t", tenant=False)), defer_check=True)
-
-    assert len(migration.statements) < 8
-    assert migration.fully_checked and checked == [migration.statements]
-
-
-def test_the_rest_of_a_deferred_check_raises_for_an_unsafe_statement() -> None:
-    tables = [table(f"t{n}") for n in range(4)]
-    migration = render_migration(schema(*tables), defer_check=True)
-    statements = (*migration.statements[:-1], 'DROP TABLE "public"."t0"')
-    unsafe = type(migration)(
-        statements=statements, script="", checksum="", checked=migration.checked
-    )
-
-    with pytest.raises(UnsafeSQLError, match="DropStmt is not allowed"):
-        unsafe.check_rest()

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from builder.sqltypes import (
+from builder.schema.sqltypes import (
     IncompatibleDefaultError,
     SqlType,
     normalize_default,

@@ -10,10 +10,10 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from psycopg import sql
 
-from builder import names
-from builder.ddl import Migration, render_migration
-from builder.spec import Column, ForeignKey, Index, Schema, Table
-from tests.builder.test_ddl import PATIENTS, random_schemas
+from builder.schema import names
+from builder.schema.spec import Column, ForeignKey, Index, Schema, Table
+from builder.sql.render import Migration, render_migration
+from tests.builder.sql.test_render import PATIENTS, random_schemas
 
 ID = Column("id", "UUID", primary_key=True, default="gen_random_uuid()")
 TENANT_ID = Column("tenant_id", "UUID", not_null=True)

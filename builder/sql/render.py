@@ -19,15 +19,14 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import heapq
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from psycopg import sql
 
-from builder import names
-from builder.spec import ON_DELETE_ACTIONS, Column, ForeignKey, Schema, Table
-from builder.sqlcheck import check_statements
+from builder.schema import names
+from builder.schema.spec import ON_DELETE_ACTIONS, Column, ForeignKey, Schema, Table
+from builder.sql.check import check_statements
 
 TENANT_COLUMN = "tenant_id"
 UPDATED_AT_COLUMN = "updated_at"
@@ -95,51 +94,17 @@ class Migration:
     statements: tuple[str, ...]
     script: str
     checksum: str
-    checked: int
-    """How many of `statements`, from the first, have passed the parser check: all of them,
-    unless rendered with `defer_check` and not `check_rest`-ed since."""
-
-    @property
-    def fully_checked(self) -> bool:
-        return self.checked == len(self.statements)
-
-    def check_rest(self) -> Migration:
-        """Check the statements not checked yet; return the migration with all of them checked.
-
-        Raise `UnsafeSQLError` if one does not pass (a builder bug).
-        """
-        if self.fully_checked:
-            return self
-        check_statements(self.statements[self.checked :])
-        return replace(self, checked=len(self.statements))
-
-    def checked_length(self) -> int:
-        """Return the length of the text at the start of `script` that holds the header and
-        exactly the checked statements (each with its `;`): `script[:n]` may be run on its own,
-        and `script[n:]` holds the rest (`render_script`'s layout)."""
-        # The script ends with "\n\n<statement>;" for each statement, then "\n".
-        return len(self.script) - 1 - sum(len(s) + 3 for s in self.statements[self.checked :])
 
 
-CHECKED_AHEAD_MIN = 8
-"""`defer_check` checks every statement up front for a migration of fewer statements than this."""
-
-CHECKED_AHEAD_FRACTION = 8
-"""`defer_check` checks the first 1/N of the statements up front (at least one)."""
-
-
-def render_migration(
-    schema: Schema, *, target_schema: str = "public", defer_check: bool = False
-) -> Migration:
+def render_migration(schema: Schema, *, target_schema: str = "public") -> Migration:
     """Render `schema` as an idempotent migration into the PostgreSQL schema `target_schema`.
 
-    Raise `UnsafeSQLError` if a statement does not pass the parser check (a builder bug). With
-    `defer_check`, only the first statements (1/`CHECKED_AHEAD_FRACTION` of them) are checked:
-    an apply runs them while it checks the rest (`Migration.check_rest`), and must not send a
-    statement that is not checked.
+    Tables come in the caller's order: no `CREATE TABLE` depends on another, since every foreign
+    key is added after all of them. Raise `UnsafeSQLError` if a statement does not pass the
+    parser check (a builder bug).
     """
     _check_schema_name(target_schema)
-    tables = order_tables(schema)
+    tables = schema.tables
     statements: list[str] = []
     if any(t.column(UPDATED_AT_COLUMN) is not None for t in tables):
         statements.append(render_updated_at_function(target_schema))
@@ -156,15 +121,10 @@ def render_migration(
             for column in table.columns
             if column.references is not None
         )
-    checked = len(statements)
-    if defer_check and checked >= CHECKED_AHEAD_MIN:
-        checked = -(-checked // CHECKED_AHEAD_FRACTION)
-    check_statements(statements[:checked])
+    check_statements(statements)
     script = render_script(schema, statements)
     checksum = hashlib.sha256(script.encode()).hexdigest()
-    return Migration(
-        statements=tuple(statements), script=script, checksum=checksum, checked=checked
-    )
+    return Migration(statements=tuple(statements), script=script, checksum=checksum)
 
 
 def render_script(schema: Schema, statements: Sequence[str]) -> str:
@@ -173,43 +133,6 @@ def render_script(schema: Schema, statements: Sequence[str]) -> str:
         version=_comment_text(schema.version), description=_comment_text(schema.description)
     )
     return "\n\n".join([header, *(f"{statement};" for statement in statements)]) + "\n"
-
-
-def order_tables(schema: Schema) -> tuple[Table, ...]:
-    """Return the tables so that each comes after the tables its foreign keys reference.
-
-    Take the first table, in input order, whose references are all placed; when none is (a
-    reference cycle), take the first table in input order that lies on a cycle. References to the
-    table itself or to tables outside `schema` are ignored (foreign keys are added at the end).
-    """
-    tables = schema.tables
-    known = {table.name for table in tables}
-    position = {table.name: i for i, table in enumerate(tables)}
-    pending = {t.name: _dependencies(t, known) - {t.name} for t in tables}
-    dependents: dict[str, list[str]] = {t.name: [] for t in tables}
-    for name, dependencies in pending.items():
-        for dependency in dependencies:
-            dependents[dependency].append(name)
-    # A heap of the input positions of the ready tables: "first ready in input order" in
-    # O(n log n), where rescanning the remaining tables each time was quadratic.
-    ready = [position[name] for name, dependencies in pending.items() if not dependencies]
-    heapq.heapify(ready)
-    placed: set[str] = set()
-    ordered: list[Table] = []
-    while len(ordered) < len(tables):
-        if ready:
-            table = tables[heapq.heappop(ready)]
-        else:  # a reference cycle: rare, so a scan is fine
-            table = next(t for t in tables if t.name not in placed and _on_cycle(t.name, pending))
-        if table.name in placed:
-            continue
-        placed.add(table.name)
-        ordered.append(table)
-        for dependent in dependents[table.name]:
-            pending[dependent].discard(table.name)
-            if not pending[dependent] and dependent not in placed:
-                heapq.heappush(ready, position[dependent])
-    return tuple(ordered)
 
 
 def render_updated_at_function(target_schema: str) -> str:
@@ -321,28 +244,6 @@ def render_foreign_key(
         on_delete=reference.on_delete,
     )
     return _do_if_not_exists(check, action)
-
-
-def _dependencies(table: Table, known: set[str]) -> set[str]:
-    return {
-        c.references.table
-        for c in table.columns
-        if c.references is not None and c.references.table in known
-    }
-
-
-def _on_cycle(name: str, pending: dict[str, set[str]]) -> bool:
-    """Return True if `name` can reach itself through the `pending` references."""
-    seen: set[str] = set()
-    stack = list(pending[name])
-    while stack:
-        current = stack.pop()
-        if current == name:
-            return True
-        if current not in seen:
-            seen.add(current)
-            stack.extend(pending[current])
-    return False
 
 
 def _do_if_not_exists(check: str, action: str) -> str:

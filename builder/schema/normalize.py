@@ -17,18 +17,8 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import replace
 
-from builder.drafts import (
-    ColumnDraft,
-    IndexDraft,
-    ReferenceDraft,
-    TableDraft,
-    assign_relation_names,
-    build_table,
-    check_references,
-    unique_tables,
-)
 from builder.errors import SchemaValidationError
-from builder.fields import (
+from builder.request.fields import (
     IssueLog,
     as_object,
     check_keys,
@@ -42,8 +32,18 @@ from builder.fields import (
     shown,
     to_identifier,
 )
-from builder.spec import ON_DELETE_ACTIONS, Schema
-from builder.sqltypes import (
+from builder.schema.drafts import (
+    ColumnDraft,
+    IndexDraft,
+    ReferenceDraft,
+    TableDraft,
+    assign_relation_names,
+    build_table,
+    check_references,
+    unique_tables,
+)
+from builder.schema.spec import ON_DELETE_ACTIONS, Schema
+from builder.schema.sqltypes import (
     IncompatibleDefaultError,
     SqlType,
     column_default,

@@ -10,8 +10,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from builder.apply import ApplySettings
-from builder.service import run_schema_builder
+from builder.db.apply import ApplySettings
+from builder.pipeline import run_schema_builder
 from tests.builder.helpers import PATIENTS, envelope
 
 TENANT_A = "00000000-0000-0000-0000-00000000000a"

@@ -6,9 +6,9 @@ import re
 
 import pytest
 
-from builder import service
-from builder.contract import parse_envelope
-from builder.service import run_schema_builder
+from builder import pipeline as service
+from builder.pipeline import run_schema_builder
+from builder.request.envelope import parse_envelope
 from tests.builder.helpers import PATIENTS, envelope, load_fixture
 
 
@@ -149,7 +149,7 @@ def test_an_apply_reuses_the_plan_of_its_preview(plans):
     assert isinstance(planned, service.Prepared) and isinstance(applied, service.Prepared)
     assert isinstance(reapplied, service.Prepared)
     assert applied.migration is planned.migration and reapplied.migration is planned.migration
-    assert len(service._plans) == 1
+    assert len(service.PLAN_CACHE) == 1
     # The flags still reach the envelope: only the plan is shared.
     assert planned.envelope.dry_run and not applied.envelope.dry_run
     assert reapplied.envelope.force_apply
@@ -174,50 +174,37 @@ def test_invalid_payloads_are_not_cached_and_still_report_every_issue(plans):
         assert ("payload.tables[0].columns[0].type", "not_allowed") in {
             (i.path, i.code) for i in outcome.issues
         }
-    assert not service._plans
+    assert not service.PLAN_CACHE
 
 
 def test_the_plan_cache_is_bounded_and_skips_large_payloads(plans, monkeypatch):
-    monkeypatch.setattr(service, "PLAN_CACHE_SIZE", 2)
-    requests = [envelope([PATIENTS], version=f"1.{n}") for n in range(3)]
+    size = service.PLAN_CACHE_SIZE
+    requests = [envelope([PATIENTS], version=f"1.{n}") for n in range(size + 1)]
     first = service.prepare(requests[0])
     for request in requests[1:]:
         service.prepare(request)
+    assert len(service.PLAN_CACHE) == size
     again = service.prepare(requests[0])
-    assert len(service._plans) == 2
     assert again.migration is not first.migration  # evicted, planned anew
+    assert service.prepare(requests[-1]).migration is service.prepare(requests[-1]).migration
 
     monkeypatch.setattr(service, "PLAN_CACHE_MAX_PAYLOAD", 10)
     service.clear_plan_cache()
     big = [service.prepare(requests[1]) for _ in range(2)]
     assert big[0].migration is not big[1].migration
     assert big[0].migration.script == big[1].migration.script
-    assert not service._plans
+    assert not service.PLAN_CACHE
 
 
-def test_a_repeated_request_finds_its_plan_key_without_encoding_its_payload(plans, monkeypatch):
-    encoded = []
-    dumps = service.canonical_dumps
-    monkeypatch.setattr(service, "canonical_dumps", lambda v: encoded.append(v) or dumps(v))
+def test_the_same_payload_under_other_meta_reuses_its_plan(plans):
     request = load_fixture("foundation_v001.json")
     first = service.prepare(request)
-    again = service.prepare(load_fixture("foundation_v001.json"))  # same request, same hash
-    assert len(encoded) == 1
-    assert again.migration is first.migration
-
-    # Another request for the same payload (other meta) or another target encodes it again.
     request["meta"]["workflow_run_id"] = "wr_other"
-    assert service.prepare(request).migration is first.migration
-    other = service.prepare(request, target_schema="tenant_a")
-    assert len(encoded) == 3
-    assert other.migration is not first.migration
+    again = service.prepare(request)
 
-
-def test_the_plan_keys_are_bounded_like_the_plans(plans, monkeypatch):
-    monkeypatch.setattr(service, "PLAN_CACHE_SIZE", 2)
-    for n in range(3):
-        service.prepare(envelope([PATIENTS], version=f"1.{n}"))
-    assert len(service._plan_keys) == 2
+    assert again.migration is first.migration
+    assert again.envelope.workflow_run_id == "wr_other"
+    assert service.prepare(request, target_schema="tenant_a").migration is not first.migration
 
 
 def test_sql_failing_the_parser_check_is_a_failed_answer_and_runs_nothing(plans, monkeypatch):

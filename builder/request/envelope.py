@@ -15,29 +15,19 @@ from datetime import UTC, datetime
 from typing import Any, cast
 
 from builder.errors import ValidationIssue
-from builder.fields import IssueLog, as_object, check_keys, key_path, read_string
-from builder.request_json import (
+from builder.request.body import (
     RequestObject,
     find_unusable,
     sha256_prefixed,
 )
+from builder.request.fields import IssueLog, as_object, check_keys, key_path, read_string
+from builder.status import SUCCESS_STATUSES, Status
 
 WORKFLOW_NAME = "WF106"
 DEFAULT_TENANT = "global"
 # Risk gates (phase 2) will add profiles that hold or block changes; until then only the default
 # profile exists, and any other value is refused rather than silently treated as "safe".
 VALIDATION_PROFILES = ("safe",)
-
-HTTP_STATUS = {
-    "applied": 200,
-    "noop": 200,
-    "preview": 200,
-    "pending_approval": 202,
-    "blocked": 400,
-    "conflict": 409,
-    "failed": 500,
-}
-SUCCESS_STATUSES = frozenset({"applied", "noop", "preview", "pending_approval"})
 
 TOP_LEVEL_KEYS = ("meta", "subject", "payload", "context")
 META_STRING_KEYS = ("tenant_id", "idempotency_key", "workflow_run_id", "workflow_name")
@@ -190,7 +180,7 @@ def idempotency_key(tenant_id: str, version: str, schema_hash: str) -> str:
 def output_envelope(
     envelope: Envelope,
     *,
-    status: str,
+    status: Status | str,
     summary: str,
     latency_ms: int,
     primary_outputs: dict[str, Any],
@@ -198,9 +188,13 @@ def output_envelope(
     data_written: list[dict[str, Any]] | None = None,
     external_calls: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Build `{meta_out, result, audit}` for one request."""
+    """Build `{meta_out, result, audit}` for one request.
+
+    `status` is a `Status`, or for an answer the builder never gives (`unauthorized`, `not_found`)
+    a word of the API's own.
+    """
     result: dict[str, Any] = {
-        "status": status,
+        "status": str(status),
         "summary": summary,
         "primary_outputs": primary_outputs,
         **(result_extra or {}),

@@ -1,11 +1,14 @@
-"""The builder service: input envelope in, output envelope out.
+"""The builder's pipeline: input envelope in, output envelope out.
 
 `run_schema_builder` is the one entry point that the webhook, the admin and the management
-commands call. It validates and normalizes, renders and parser-checks the SQL, and (unless
-`dry_run`) applies it through `builder.apply`, which records every attempt in the ledger. An
-apply of a payload not planned before checks the first eighth of its SQL up front and the rest
-while those statements run (`ddl.render_migration`'s `defer_check`, `apply.PendingCheck`); no
-statement reaches the target before it has passed.
+commands call. Its stages follow the folders of this package:
+
+1. `request`: read the envelope and fill its defaults;
+2. `schema`: validate and normalize the tables into a frozen `Schema`, and hash it;
+3. `sql`: render the migration and check every statement with PostgreSQL's parser;
+4. `db`: unless `dry_run`, apply it in one transaction with its ledger row.
+
+`prepare` runs stages 1 to 3 only (the preview command and the admin use it).
 """
 
 from __future__ import annotations
@@ -14,28 +17,23 @@ import functools
 import logging
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 import psycopg
+from cachetools import LRUCache, cached
 
-from builder import apply as applying
-from builder.contract import (
-    HTTP_STATUS,
-    Envelope,
-    idempotency_key,
-    output_envelope,
-    parse_envelope,
-)
-from builder.ddl import Migration, render_migration
+from builder.db import apply as applying
+from builder.db.ledger import LEDGER_TABLE
 from builder.errors import SchemaValidationError, UnsafeSQLError, ValidationIssue
-from builder.ledger import LEDGER_TABLE
-from builder.normalize import normalize_schema, schema_hash
-from builder.request_json import canonical_dumps
-from builder.spec import Schema
+from builder.request.body import canonical_dumps
+from builder.request.envelope import Envelope, idempotency_key, output_envelope, parse_envelope
+from builder.schema.normalize import normalize_schema, schema_hash
+from builder.schema.spec import Schema
+from builder.sql.render import Migration, render_migration
+from builder.status import LedgerStatus, Status
 
 logger = logging.getLogger(__name__)
 
@@ -47,8 +45,7 @@ RESERVED_TABLE_NAMES = frozenset({LEDGER_TABLE})
 class Outcome:
     """The result of one request: the output envelope plus what the caller layers store."""
 
-    status: str
-    http_status: int
+    status: Status
     response: dict[str, Any]
     envelope: Envelope
     schema: Schema | None = None
@@ -59,14 +56,15 @@ class Outcome:
     migration_log_id: str | None = None
     error: str | None = None
 
+    @property
+    def http_status(self) -> int:
+        """The HTTP status the answer is sent with."""
+        return self.status.http_status
+
 
 @dataclass(frozen=True)
 class Prepared:
-    """A validated request with its normalized schema and parser-checked SQL.
-
-    Only `migration.checked` of the statements are checked if it was planned with `defer_check`
-    (an apply checks the rest before it sends them).
-    """
+    """A validated request with its normalized schema and parser-checked SQL."""
 
     envelope: Envelope
     schema: Schema
@@ -89,19 +87,15 @@ def prepare(raw: object, *, target_schema: str = "public") -> Prepared | Rejecte
 
 
 def prepare_envelope(envelope: Envelope, *, target_schema: str = "public") -> Prepared | Rejected:
-    """`prepare` for an envelope already parsed with `parse_envelope`."""
-    return _prepare(envelope, target_schema, _plan_key(envelope, target_schema))
+    """`prepare` for an envelope already parsed with `parse_envelope`.
 
-
-def _prepare(
-    envelope: Envelope, target_schema: str, key: _PlanKey | None, *, defer_check: bool = False
-) -> Prepared | Rejected:
-    """Validate and plan; with `defer_check`, the SQL may be only partly checked (`_run`)."""
+    Raise `UnsafeSQLError` if a generated statement fails the parser check (a builder bug).
+    """
     issues = list(envelope.issues)
     plan: _Plan | None = None
     if envelope.payload is not None:
         try:
-            plan = _plan(envelope.payload, target_schema, key, defer_check)
+            plan = _plan(envelope.payload, target_schema)
         except SchemaValidationError as exc:
             issues.extend(exc.issues)
     if plan is None or issues:
@@ -123,102 +117,50 @@ class _Plan(NamedTuple):
 
 
 PLAN_CACHE_SIZE = 32
-"""How many recently planned payloads `prepare` keeps (successful ones only)."""
+"""How many recently planned payloads are kept per process (successful plans only)."""
 
 PLAN_CACHE_MAX_PAYLOAD = 256 * 1024
 """Payloads whose canonical JSON is longer than this are planned every time, not cached."""
 
-_PlanKey = tuple[str, str]
-_plans: OrderedDict[_PlanKey, _Plan] = OrderedDict()
-# (inputs_hash, target schema) -> the plan cache's key. The inputs hash is the hash of the
-# request's canonical JSON, payload included, so it stands for the payload: a repeated request
-# finds its key here instead of encoding its payload again.
-_plan_keys: OrderedDict[tuple[str, str], _PlanKey | None] = OrderedDict()
-_plans_lock = threading.Lock()
+EXECUTION_FLAGS = ("dry_run", "force_apply")
+"""Payload keys that say how to run a plan, not what it is: left out of the plan cache's key."""
+
+PLAN_CACHE: LRUCache[tuple[str, str], _Plan] = LRUCache(maxsize=PLAN_CACHE_SIZE)
+"""The recent plans, by (canonical JSON of the payload, target schema): read it, never write."""
 
 
-def _plan_key(envelope: Envelope, target_schema: str) -> _PlanKey | None:
-    """Return the plan cache's key for the envelope's payload (None: too large to be cached)."""
-    request = (envelope.inputs_hash, target_schema)
-    with _plans_lock:
-        if request in _plan_keys:
-            _plan_keys.move_to_end(request)
-            return _plan_keys[request]
-    text = canonical_dumps(_plan_input(envelope.payload))
-    key = (target_schema, text) if len(text) <= PLAN_CACHE_MAX_PAYLOAD else None
-    with _plans_lock:
-        _plan_keys[request] = key
-        if len(_plan_keys) > PLAN_CACHE_SIZE:
-            _plan_keys.popitem(last=False)
-    return key
-
-
-def _is_planned(key: _PlanKey | None) -> bool:
-    """Tell whether the plan of `key` is in the cache (it may be evicted before it is used)."""
-    with _plans_lock:
-        return key is not None and key in _plans
-
-
-def _plan(
-    payload: object, target_schema: str, key: _PlanKey | None, defer_check: bool = False
-) -> _Plan:
+def _plan(payload: object, target_schema: str) -> _Plan:
     """Normalize, hash and render `payload`; raise SchemaValidationError if it is invalid.
 
     Services retry: the same payload arrives again and again and is answered `noop`, and
-    normalizing and parser-checking it is most of such a request's cost. The result depends
-    only on the payload and the target schema, and `Schema` and `Migration` are immutable, so
-    recent successful plans are kept in a small LRU keyed by the payload's canonical JSON.
-    The execution flags are not part of the plan: an apply reuses the plan of its preview.
-    Only a plan whose SQL is fully checked is kept: with `defer_check` (see
-    `ddl.render_migration`), `_RestCheck` keeps it once the rest is checked.
+    normalizing and parser-checking it is most of such a request's work. A plan depends only
+    on the payload (without its execution flags) and the target schema, and `Schema` and
+    `Migration` are immutable, so recent successful plans are kept, keyed by the payload's
+    canonical JSON; an apply reuses the plan of its `dry_run` preview.
     """
-    if key is not None:
-        with _plans_lock:
-            plan = _plans.get(key)
-            if plan is not None:
-                _plans.move_to_end(key)
-                return plan
+    text = canonical_dumps(_plan_input(payload))
+    if len(text) > PLAN_CACHE_MAX_PAYLOAD:
+        return _make_plan(payload, target_schema)
+    return _cached_plan(text, payload, target_schema)
+
+
+@cached(
+    cache=PLAN_CACHE,
+    key=lambda text, payload, target_schema: (text, target_schema),
+    lock=threading.Lock(),
+)
+def _cached_plan(text: str, payload: object, target_schema: str) -> _Plan:
+    return _make_plan(payload, target_schema)
+
+
+def _make_plan(payload: object, target_schema: str) -> _Plan:
     schema = normalize_schema(payload)
     issues = _reserved_name_issues(schema)
     if issues:
         raise SchemaValidationError(issues)
-    # render_migration checks the statements with the PostgreSQL parser (builder.sqlcheck).
-    migration = render_migration(schema, target_schema=target_schema, defer_check=defer_check)
-    plan = _Plan(schema, schema_hash(schema), migration)
-    if migration.fully_checked:
-        _keep_plan(key, plan)
-    return plan
-
-
-def _keep_plan(key: _PlanKey | None, plan: _Plan) -> None:
-    if key is not None:
-        with _plans_lock:
-            _plans[key] = plan
-            if len(_plans) > PLAN_CACHE_SIZE:
-                _plans.popitem(last=False)
-
-
-class _RestCheck:
-    """The parser check of the statements of a plan that `render_migration` left unchecked.
-
-    Called by the apply (`PendingCheck.run`) while the checked statements run, or afterwards
-    by `_run` if the apply did not get that far; the plan is kept in the cache once it passed.
-    """
-
-    def __init__(self, prepared: Prepared, key: _PlanKey | None) -> None:
-        self._prepared = prepared
-        self._key = key
-        self.done = False
-
-    def __call__(self) -> None:
-        prepared = self._prepared
-        migration = prepared.migration.check_rest()
-        self.done = True
-        _keep_plan(self._key, _Plan(prepared.schema, prepared.schema_hash, migration))
-
-
-EXECUTION_FLAGS = ("dry_run", "force_apply")
-"""Payload keys that say how to run a plan, not what it is: left out of the plan cache's key."""
+    # render_migration checks every statement with the PostgreSQL parser (builder.sql.check).
+    migration = render_migration(schema, target_schema=target_schema)
+    return _Plan(schema, schema_hash(schema), migration)
 
 
 def _plan_input(payload: object) -> object:
@@ -236,9 +178,7 @@ def _plan_input(payload: object) -> object:
 
 def clear_plan_cache() -> None:
     """Forget every cached plan (tests, and benchmarks that time planning itself)."""
-    with _plans_lock:
-        _plans.clear()
-        _plan_keys.clear()
+    _cached_plan.cache_clear()
 
 
 def _reserved_name_issues(schema: Schema) -> list[ValidationIssue]:
@@ -264,91 +204,36 @@ def run_schema_builder(
     """Handle one request envelope end to end and return its Outcome.
 
     `conn` is an autocommit connection to the target database; it may be None only for a
-    request that turns out to be blocked or a `dry_run` preview, which never write to the
-    target (a blocked request may have read its ledger and taken its lock: see `_read_ahead`).
-    `before_commit` is called once, with the prepared request (its schema and SQL), while its
-    script runs and before it commits (see `builder.apply.apply_attempt`); never for blocked,
-    preview, noop and conflict answers.
+    request that turns out to be blocked or a `dry_run` preview, which never touch the target.
+    `emit` receives the `schema_migration_applied` event of an apply. `before_commit` is called
+    once, with the prepared request (its schema and SQL), after its script ran and before the
+    target commits (see `builder.db.apply.apply_attempt`); never for blocked, preview, noop and
+    conflict answers.
     """
     settings = settings or applying.ApplySettings()
     started = time.monotonic()
     envelope = parse_envelope(raw)
-    plan_key = _plan_key(envelope, settings.target_schema)
-    # A request planned before needs no read ahead: there is nothing to overlap it with.
-    read_ahead = None if _is_planned(plan_key) else _read_ahead(conn, envelope, settings)
     try:
-        return _run(envelope, plan_key, conn, settings, emit, before_commit, read_ahead, started)
-    finally:
-        if read_ahead is not None:
-            read_ahead.wait()  # the connection is free again before it goes back to its owner
-
-
-def _read_ahead(
-    conn: psycopg.Connection[Any] | None, envelope: Envelope, settings: applying.ApplySettings
-) -> applying.ReadAhead | None:
-    """Start the ledger reads of a request that may apply, before it is planned.
-
-    They may take the target's lock (see `builder.apply.ReadAhead`). The caller's
-    `schema_version` is read before validation: a version that validation changes or refuses
-    costs needless reads, and the apply then reads again.
-    """
-    version = _raw_version(envelope)
-    if conn is None or not version or envelope.dry_run or envelope.force_apply:
-        return None
-    return applying.ReadAhead(conn, settings, version)
-
-
-def _run(
-    envelope: Envelope,
-    plan_key: _PlanKey | None,
-    conn: psycopg.Connection[Any] | None,
-    settings: applying.ApplySettings,
-    emit: EventSink | None,
-    before_commit: Callable[[Prepared], None] | None,
-    read_ahead: applying.ReadAhead | None,
-    started: float,
-) -> Outcome:
-    # An apply checks most of a new plan's SQL while its first statements run (PendingCheck).
-    defer_check = conn is not None and not envelope.dry_run
-    try:
-        prepared = _prepare(envelope, settings.target_schema, plan_key, defer_check=defer_check)
+        prepared = prepare_envelope(envelope, target_schema=settings.target_schema)
     except UnsafeSQLError as exc:
         # A generated statement failed the parser check: a builder bug; nothing was run.
         logger.exception("generated SQL failed the parser check")
         return _unsafe_sql(envelope, str(exc), started)
     if isinstance(prepared, Rejected):
         return _blocked(prepared.envelope, prepared.issues, started)
-    if prepared.envelope.dry_run:
+    if envelope.dry_run:
         return _preview(prepared, started)
     if conn is None:
         raise ValueError("a connection to the target database is needed to apply")
     on_commit = None if before_commit is None else functools.partial(before_commit, prepared)
-    rest = None if prepared.migration.fully_checked else _RestCheck(prepared, plan_key)
-    try:
-        result = applying.apply_attempt(
-            conn,
-            _attempt(prepared, rest),
-            settings,
-            before_commit=on_commit,
-            read_ahead=read_ahead,
-        )
-    except applying.ScriptRefused as exc:
-        logger.exception("generated SQL failed the parser check")
-        return _refused(prepared, exc, started)
-    if rest is not None and not rest.done and result.status != applying.FAILED:
-        # A noop or conflict: nothing ran, but the plan is kept only once all of it is checked.
-        try:
-            rest()
-        except UnsafeSQLError as exc:
-            logger.exception("generated SQL failed the parser check")
-            return _unsafe_sql(envelope, str(exc), started)
+    result = applying.apply_attempt(conn, _attempt(prepared), settings, before_commit=on_commit)
     warnings = _warnings(result)
-    if result.status == applying.APPLIED and emit is not None:
+    if result.status == Status.APPLIED and emit is not None:
         warnings.extend(_emit_applied(emit, prepared, result))
     return _finished(prepared, result, warnings, started)
 
 
-def _attempt(prepared: Prepared, rest: _RestCheck | None = None) -> applying.Attempt:
+def _attempt(prepared: Prepared) -> applying.Attempt:
     envelope = prepared.envelope
     migration = prepared.migration
     return applying.Attempt(
@@ -361,9 +246,6 @@ def _attempt(prepared: Prepared, rest: _RestCheck | None = None) -> applying.Att
         actor_id=envelope.actor_id,
         workflow_run_id=envelope.workflow_run_id,
         force=envelope.force_apply,
-        pending_check=(
-            None if rest is None else applying.PendingCheck(migration.checked_length(), rest)
-        ),
     )
 
 
@@ -371,15 +253,14 @@ def _blocked(envelope: Envelope, issues: list[ValidationIssue], started: float) 
     errors = [i.to_dict() for i in issues]
     response = output_envelope(
         envelope,
-        status="blocked",
+        status=Status.BLOCKED,
         summary=f"Validation failed: {len(errors)} error(s); nothing was executed.",
         latency_ms=_elapsed_ms(started),
         primary_outputs={"schema_version": _raw_version(envelope), "warnings": []},
         result_extra={"validation_errors": errors},
     )
     return Outcome(
-        status="blocked",
-        http_status=HTTP_STATUS["blocked"],
+        status=Status.BLOCKED,
         response=response,
         envelope=envelope,
         validation_errors=errors,
@@ -389,35 +270,17 @@ def _blocked(envelope: Envelope, issues: list[ValidationIssue], started: float) 
 def _unsafe_sql(envelope: Envelope, error: str, started: float) -> Outcome:
     response = output_envelope(
         envelope,
-        status="failed",
+        status=Status.FAILED,
         summary="Internal error: the generated SQL failed the parser check; nothing was executed.",
         latency_ms=_elapsed_ms(started),
         primary_outputs={"schema_version": _raw_version(envelope), "warnings": []},
     )
     return Outcome(
-        status="failed",
-        http_status=HTTP_STATUS["failed"],
+        status=Status.FAILED,
         response=response,
         envelope=envelope,
         error=error,
     )
-
-
-def _refused(prepared: Prepared, refused: applying.ScriptRefused, started: float) -> Outcome:
-    """The end of the script failed the parser check after its start ran (rolled back)."""
-    ledger_id = refused.ledger_id
-    response = output_envelope(
-        prepared.envelope,
-        status="failed",
-        summary=(
-            "Internal error: the generated SQL failed the parser check; the part of it that "
-            "had run was rolled back, and nothing was applied."
-        ),
-        latency_ms=_elapsed_ms(started),
-        primary_outputs=_applying_outputs(prepared, ledger_id, []),
-        data_written=_ledger_written(ledger_id, "failed"),
-    )
-    return _outcome(prepared, "failed", response, migration_log_id=ledger_id, error=str(refused))
 
 
 def _applying_outputs(
@@ -433,11 +296,11 @@ def _applying_outputs(
     }
 
 
-def _ledger_written(ledger_id: str | None, status: str) -> list[dict[str, Any]]:
+def _ledger_written(ledger_id: str | None, status: LedgerStatus) -> list[dict[str, Any]]:
     """`audit.data_written` for the ledger row `ledger_id` (none if it could not be written)."""
     if ledger_id is None:
         return []
-    return [{"table": LEDGER_TABLE, "record_id": ledger_id, "status": status}]
+    return [{"table": LEDGER_TABLE, "record_id": ledger_id, "status": str(status)}]
 
 
 def _preview(prepared: Prepared, started: float) -> Outcome:
@@ -463,7 +326,7 @@ def _preview(prepared: Prepared, started: float) -> Outcome:
     }
     response = output_envelope(
         prepared.envelope,
-        status="preview",
+        status=Status.PREVIEW,
         summary=(
             f"Preview of schema v{schema.version}: {len(schema.tables)} tables, "
             f"{len(migration.statements)} statements; nothing was executed."
@@ -471,7 +334,7 @@ def _preview(prepared: Prepared, started: float) -> Outcome:
         latency_ms=_elapsed_ms(started),
         primary_outputs=primary,
     )
-    return _outcome(prepared, "preview", response)
+    return _outcome(prepared, Status.PREVIEW, response)
 
 
 def _finished(
@@ -481,7 +344,7 @@ def _finished(
     primary = _applying_outputs(prepared, result.ledger_id, warnings)
     extra: dict[str, Any] = {}
     applied_at = _iso(result.applied_at)
-    if result.status == applying.APPLIED:
+    if result.status == Status.APPLIED:
         primary["tables_created"] = len(result.tables_created)
         primary["indexes_created"] = len(result.indexes_created)
         primary["reapplied"] = result.reapplied
@@ -490,12 +353,12 @@ def _finished(
             f"{verb} schema v{version}: {len(prepared.schema.tables)} tables "
             f"({len(result.tables_created)} created)."
         )
-    elif result.status == applying.NOOP:
+    elif result.status == Status.NOOP:
         extra["already_applied_at"] = applied_at
         summary = (
             f"Schema v{version} with this exact definition was already applied at {applied_at}."
         )
-    elif result.status == applying.CONFLICT:
+    elif result.status == Status.CONFLICT:
         extra["conflict"] = {
             "applied_schema_hash": result.applied_schema_hash,
             "requested_schema_hash": prepared.schema_hash,
@@ -509,11 +372,11 @@ def _finished(
     else:
         extra["error"] = result.error
         summary = f"Applying schema v{version} failed and was rolled back."
-    if result.status in (applying.NOOP, applying.CONFLICT):
+    if result.status in (Status.NOOP, Status.CONFLICT):
         primary["tables_created"] = 0
         primary["indexes_created"] = 0
-    ran = result.status in (applying.APPLIED, applying.FAILED)
-    written = _ledger_written(result.ledger_id, _ledger_status(result)) if ran else []
+    ran = result.status in (Status.APPLIED, Status.FAILED)
+    written = _ledger_written(result.ledger_id, result.ledger_status) if ran else []
     response = output_envelope(
         prepared.envelope,
         status=result.status,
@@ -529,10 +392,9 @@ def _finished(
     )
 
 
-def _outcome(prepared: Prepared, status: str, response: dict[str, Any], **extra: Any) -> Outcome:
+def _outcome(prepared: Prepared, status: Status, response: dict[str, Any], **extra: Any) -> Outcome:
     return Outcome(
         status=status,
-        http_status=HTTP_STATUS[status],
         response=response,
         envelope=prepared.envelope,
         schema=prepared.schema,
@@ -583,12 +445,6 @@ def _emit_applied(emit: EventSink, prepared: Prepared, result: applying.ApplyRes
         logger.exception("emitting schema_migration_applied failed")
         return ["The schema_migration_applied event could not be recorded."]
     return []
-
-
-def _ledger_status(result: applying.ApplyResult) -> str:
-    if result.status == applying.FAILED:
-        return "failed"
-    return "reapplied" if result.reapplied else "success"
 
 
 def _raw_version(envelope: Envelope) -> str | None:

@@ -6,8 +6,7 @@ ambiguous), `NaN`/`Infinity` and numbers such as `1e999` (not valid in PostgreSQ
 Python's recursion limit when the value is dumped again. The webhook and the command line both
 read requests through `parse_request_json`, which refuses all of them with one clear message.
 
-It also hashes what it accepts (`sha256_prefixed`, the contract's `inputs_hash`), and remembers
-the bodies it accepted: services retry, and the same bytes are read again and again.
+It also hashes what it accepts (`sha256_prefixed`, the contract's `inputs_hash`).
 """
 
 from __future__ import annotations
@@ -15,27 +14,20 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import threading
-from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any
 
+from builder.errors import InvalidRequestJSON
+
 # Far deeper than any valid envelope (about 6 levels) and far from the recursion limit.
 MAX_DEPTH = 64
-
-KNOWN_BODIES = 256
-"""How many accepted bodies `parse_request_json` remembers (by their SHA-256) with their hash."""
-
-
-class InvalidRequestJSON(ValueError):
-    """The body cannot be used as a request; the message says why."""
 
 
 class RequestObject(dict[str, Any]):
     """A body's top-level object as `parse_request_json` read it: usable, with its hash.
 
     `find_unusable` found nothing in it, and `inputs_hash` is `sha256_prefixed` of it, so
-    `builder.contract.parse_envelope` does neither again. It is an ordinary dict otherwise;
+    `builder.request.envelope.parse_envelope` does neither again. It is an ordinary dict otherwise;
     like every parsed request, it is read, never changed.
     """
 
@@ -46,34 +38,15 @@ class RequestObject(dict[str, Any]):
         self.inputs_hash = inputs_hash
 
 
-# SHA-256 of an accepted body -> `sha256_prefixed` of its value (only bodies that are objects).
-_known: OrderedDict[bytes, str] = OrderedDict()
-_known_lock = threading.Lock()
-
-
 def parse_request_json(raw: bytes | str) -> object:
     """Return the parsed body, or raise InvalidRequestJSON.
 
-    An object is returned as a `RequestObject`. A body accepted before (the same bytes) is
-    parsed without the checks, which find nothing in it again, and its hash is not recomputed.
+    An object is returned as a `RequestObject`, with its `inputs_hash`.
     """
-    digest = hashlib.sha256(raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw)
-    key = digest.digest()
-    with _known_lock:
-        inputs_hash = _known.get(key)
-        if inputs_hash is not None:
-            _known.move_to_end(key)
-    if inputs_hash is not None:
-        return RequestObject(json.loads(raw), inputs_hash)
     value = _parse_checked(raw)
     if not isinstance(value, dict):
         return value
-    inputs_hash = sha256_prefixed(value)
-    with _known_lock:
-        _known[key] = inputs_hash
-        if len(_known) > KNOWN_BODIES:
-            _known.popitem(last=False)
-    return RequestObject(value, inputs_hash)
+    return RequestObject(value, sha256_prefixed(value))
 
 
 def _parse_checked(raw: bytes | str) -> object:
@@ -94,12 +67,6 @@ def _parse_checked(raw: bytes | str) -> object:
     if problem is not None:
         raise InvalidRequestJSON(problem)
     return value
-
-
-def forget_known_bodies() -> None:
-    """Forget the accepted bodies (tests, and benchmarks that time reading itself)."""
-    with _known_lock:
-        _known.clear()
 
 
 def canonical_dumps(value: object) -> str:

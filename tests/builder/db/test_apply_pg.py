@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import replace
 from typing import Any
 
 import psycopg
 import pytest
 from psycopg import sql
 
-from builder.apply import ApplySettings
-from builder.service import run_schema_builder
+from builder.db.apply import ApplySettings
+from builder.pipeline import run_schema_builder
 from tests.builder.helpers import PATIENTS, envelope, load_fixture
 
 APPOINTMENTS = {
@@ -178,57 +177,6 @@ def test_concurrent_applies_of_one_version_apply_exactly_once(target_dsn, target
         assert [r[1] for r in ledger_rows(conn, target_schema)] == ["success"]
 
 
-@pytest.mark.slow
-def test_more_concurrent_applies_than_builder_threads_all_complete(
-    target_dsn, target_schema, monkeypatch
-):
-    # Twelve applies to twelve schemas at once with only two builder threads: read-aheads and
-    # scripts wait for a free thread (some while holding their schema's lock), none for ever.
-    from concurrent.futures import ThreadPoolExecutor
-
-    import builder.apply
-
-    pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="wf106-target-test")
-    monkeypatch.setattr(builder.apply, "_THREADS", pool)
-    schemas = [f"{target_schema}_{i}" for i in range(12)]
-    with psycopg.connect(target_dsn, autocommit=True) as conn:
-        for schema in schemas:
-            conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
-    barrier = threading.Barrier(len(schemas))
-    statuses: list[str] = []
-    errors: list[BaseException] = []
-
-    def worker(schema: str) -> None:
-        try:
-            with psycopg.connect(target_dsn, autocommit=True) as conn:
-                barrier.wait()
-                outcome = run_schema_builder(
-                    envelope([PATIENTS]),
-                    conn,
-                    settings=settings_for(schema),
-                    before_commit=lambda prepared: time.sleep(0.05),
-                )
-                statuses.append(outcome.status)
-        except BaseException as exc:  # collected and re-raised in the main thread
-            errors.append(exc)
-
-    threads = [threading.Thread(target=worker, args=(s,)) for s in schemas]
-    try:
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(timeout=120)
-        assert not errors
-        assert statuses == ["applied"] * len(schemas)
-    finally:
-        pool.shutdown()
-        with psycopg.connect(target_dsn, autocommit=True) as conn:
-            for schema in schemas:
-                conn.execute(
-                    sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema))
-                )
-
-
 def apply_v2_while_patients_is_locked(
     target_dsn: str, target_conn: psycopg.Connection, settings: ApplySettings
 ) -> tuple[Any, float]:
@@ -264,10 +212,10 @@ def test_lock_on_referenced_table_fails_within_lock_timeout(target_dsn, target_c
     assert [r[1] for r in ledger_rows(target_conn, target_schema)] == ["success", "failed"]
 
 
-def test_the_ledger_row_keeps_caller_text_exactly_and_the_server_time_of_the_script(
+def test_the_ledger_row_keeps_caller_text_exactly_and_the_time_of_the_script(
     target_conn, target_schema
 ):
-    # The row is sent as literals with the script (one round trip): quoting must be exact.
+    # Caller text travels as query parameters: it must come back exactly.
     description = "O'Brien's \\ \"schema\"; DROP TABLE patients; -- 漢字 \u00e9"
     request = envelope([PATIENTS], description=description)
     request["context"]["actor_id"] = "ops'; SELECT 1; --"
@@ -288,7 +236,7 @@ def test_the_ledger_row_keeps_caller_text_exactly_and_the_server_time_of_the_scr
     assert stored_description == description
     assert applied_by == "ops'; SELECT 1; --"
     assert script == outcome.migration.script
-    # The server's time for the whole script (a few ms here), not for the INSERT alone (~0).
+    # The time of the whole script, not of the INSERT alone.
     assert 1 <= execution_ms <= wall_ms
     assert metadata["tables_created"] == ["patients"]
     assert "patients" in relations(target_conn, target_schema)
@@ -411,32 +359,14 @@ def test_before_commit_runs_once_under_the_lock_before_anything_is_committed(
     assert len(seen) == 1
 
 
-def _until_script_done(target_dsn: str, pid: int) -> None:
-    """Wait until the backend `pid` has finished the script (idle in its transaction)."""
-    with psycopg.connect(target_dsn, autocommit=True) as observer:
-        for _ in range(500):
-            state = observer.execute(
-                "SELECT state FROM pg_stat_activity WHERE pid = %s", [pid]
-            ).fetchone()
-            if state == ("idle in transaction",):
-                return
-            time.sleep(0.01)
-    raise AssertionError("the script did not finish")
-
-
-@pytest.mark.parametrize("when", ["at once", "after the script ran"])
-def test_a_failing_before_commit_rolls_the_apply_back_and_is_recorded(
-    target_dsn, target_conn, target_schema, when
-):
-    from builder.apply import CallerFailed
+def test_a_failing_before_commit_rolls_the_apply_back_and_is_recorded(target_conn, target_schema):
+    from builder.errors import CallerFailed
 
     settings = settings_for(target_schema)
     run_schema_builder(envelope([PATIENTS]), target_conn, settings=settings)
     before = relations(target_conn, target_schema)
 
     def before_commit(prepared: Any) -> None:
-        if when != "at once":
-            _until_script_done(target_dsn, target_conn.info.backend_pid)
         raise RuntimeError("the submissions database went away")
 
     with pytest.raises(CallerFailed) as raised:
@@ -461,75 +391,6 @@ def test_a_failing_before_commit_rolls_the_apply_back_and_is_recorded(
     assert again.status == "applied"
 
 
-def test_the_ledger_reads_run_on_another_thread_while_a_new_request_is_planned(
-    target_conn, target_schema, monkeypatch
-):
-    import builder.apply
-    import builder.service
-
-    settings = settings_for(target_schema)
-    calls: list[tuple[str, bool]] = []
-    read = builder.apply._read_without_lock
-    lock = builder.apply._lock_and_read
-    prepare = builder.service._prepare
-    main = threading.current_thread()
-
-    def on_main() -> bool:
-        thread = threading.current_thread()
-        assert thread is main or thread.name.startswith("wf106-target")
-        return thread is main
-
-    def spy_read(conn, target, version):
-        calls.append(("read " + version, on_main()))
-        return read(conn, target, version)
-
-    def spy_lock(conn, version, *args, **kwargs):
-        calls.append(("lock " + version, on_main()))
-        return lock(conn, version, *args, **kwargs)
-
-    def spy_prepare(*args, **kwargs):
-        calls.append(("plan", on_main()))
-        return prepare(*args, **kwargs)
-
-    monkeypatch.setattr(builder.apply, "_read_without_lock", spy_read)
-    monkeypatch.setattr(builder.apply, "_lock_and_read", spy_lock)
-    monkeypatch.setattr(builder.service, "_prepare", spy_prepare)
-
-    def run(version: str) -> str:
-        calls.clear()
-        request = envelope([PATIENTS], version=version)
-        return run_schema_builder(request, target_conn, settings=settings).status
-
-    # The first apply to a target without a ledger: read ahead on a builder thread, then
-    # planned; the ledger is created under the lock, on the request's thread, once planned.
-    assert run("001") == "applied"
-    assert calls == [("read 001", False), ("plan", True), ("lock 001", True)]
-    # A new version: the thread reads, then takes the lock and reads again under it, while the
-    # request is planned (in either order); the apply goes on in that transaction.
-    assert run("002") == "applied"
-    assert calls[0] == ("read 002", False)
-    assert sorted(calls[1:]) == [("lock 002", False), ("plan", True)]
-    # Planned before (a retry): nothing to overlap; one lock-free read, after the plan.
-    assert run("002") == "noop"
-    assert calls == [("plan", True), ("read 002", True)]
-    # A version applied before, in a payload not planned before (another process planned it):
-    # the lock-free read answers; no lock.
-    builder.service.clear_plan_cache()
-    assert run("001") == "noop"
-    assert calls == [("read 001", False), ("plan", True)]
-
-    # Previews, forced applies and requests without a usable version read nothing ahead.
-    calls.clear()
-    for request in [
-        envelope([PATIENTS], version="101", dry_run=True),
-        envelope([PATIENTS], version="102", force_apply=True),
-        envelope([PATIENTS], version=""),
-    ]:
-        run_schema_builder(request, target_conn, settings=settings)
-    assert [call for call in calls if call[0] == "plan"] == [("plan", True)] * 3
-    assert not [call for call in calls if not call[1]]
-
-
 def advisory_locks(conn: psycopg.Connection, pid: int) -> int:
     row = conn.execute(
         "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = %s", [pid]
@@ -546,7 +407,7 @@ def test_a_blocked_request_leaves_the_target_connection_idle_and_the_target_unch
     before = relations(target_conn, target_schema), ledger_rows(target_conn, target_schema)
     bad = envelope([{**PATIENTS, "columns": [{"name": "x", "type": "NOT A TYPE"}]}], "002")
     with psycopg.connect(target_dsn, autocommit=True) as observer:
-        for _ in range(3):  # read ahead for version 002 (maybe locked), then blocked
+        for _ in range(3):
             outcome = run_schema_builder(bad, target_conn, settings=settings)
             assert outcome.status == "blocked"
             assert target_conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
@@ -554,101 +415,6 @@ def test_a_blocked_request_leaves_the_target_connection_idle_and_the_target_unch
     assert (relations(target_conn, target_schema), ledger_rows(target_conn, target_schema)) == (
         before
     )
-
-
-def test_a_blocked_request_does_not_wait_for_the_lock_another_apply_holds(
-    target_dsn, target_conn, target_schema, monkeypatch
-):
-    import builder.apply
-    import builder.service
-
-    settings = settings_for(target_schema, lock_wait_ms=30_000)
-    run_schema_builder(envelope([PATIENTS]), target_conn, settings=settings)
-    bad = envelope([{**PATIENTS, "columns": [{"name": "x", "type": "NOT A TYPE"}]}], "002")
-    locking = threading.Event()
-    lock = builder.apply._lock_and_read
-
-    def spy_lock(*args, **kwargs):
-        locking.set()
-        return lock(*args, **kwargs)
-
-    monkeypatch.setattr(builder.apply, "_lock_and_read", spy_lock)
-    prepare = builder.service._prepare
-
-    def slow_prepare(*args, **kwargs):
-        # Planned only once the read ahead is waiting for the lock.
-        assert locking.wait(10)
-        return prepare(*args, **kwargs)
-
-    monkeypatch.setattr(builder.service, "_prepare", slow_prepare)
-    with psycopg.connect(target_dsn, autocommit=True) as holder:
-        holder.execute(
-            "SELECT pg_advisory_lock(hashtextextended(%s, 0))", [f"wf106:{target_schema}"]
-        )
-        started = time.monotonic()
-        outcome = run_schema_builder(bad, target_conn, settings=settings)
-        elapsed = time.monotonic() - started
-        assert outcome.status == "blocked"
-        # The wait for the lock was cancelled, not sat out (lock_wait_ms is 30 s).
-        assert elapsed < 10
-        assert target_conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
-        assert advisory_locks(holder, target_conn.info.backend_pid) == 0
-    assert run_schema_builder(envelope([PATIENTS]), target_conn, settings=settings).status == (
-        "noop"
-    )
-
-
-def test_a_lock_wait_that_times_out_ahead_is_reported_once_and_not_waited_again(
-    target_dsn, target_conn, target_schema, monkeypatch
-):
-    import builder.apply
-
-    settings = settings_for(target_schema, lock_wait_ms=200)
-    run_schema_builder(envelope([PATIENTS]), target_conn, settings=settings)
-    locks: list[bool] = []
-    lock = builder.apply._lock_and_read
-
-    def spy_lock(*args, **kwargs):
-        locks.append(threading.current_thread() is threading.main_thread())
-        return lock(*args, **kwargs)
-
-    monkeypatch.setattr(builder.apply, "_lock_and_read", spy_lock)
-    with psycopg.connect(target_dsn, autocommit=True) as holder:
-        holder.execute(
-            "SELECT pg_advisory_lock(hashtextextended(%s, 0))", [f"wf106:{target_schema}"]
-        )
-        outcome = run_schema_builder(
-            envelope([PATIENTS], version="002"), target_conn, settings=settings
-        )
-    assert outcome.status == "failed"
-    assert outcome.error.startswith("55P03")
-    assert locks == [False]  # tried once, ahead, on a builder thread
-    rows = ledger_rows(target_conn, target_schema)
-    assert [(r[0], r[1]) for r in rows] == [("001", "success"), ("002", "failed")]
-
-
-def test_an_apply_given_a_read_ahead_of_another_version_reads_its_own(
-    target_dsn, target_conn, target_schema
-):
-    from builder import service
-    from builder.apply import ReadAhead, apply_attempt
-
-    settings = settings_for(target_schema)
-    run_schema_builder(envelope([PATIENTS]), target_conn, settings=settings)
-    prepared = service.prepare(envelope([PATIENTS], version="002"), target_schema=target_schema)
-    assert isinstance(prepared, service.Prepared)
-    # A read ahead of version 003 takes the lock (nothing of 003 is applied) ...
-    ahead = ReadAhead(target_conn, settings, "003")
-    try:
-        result = apply_attempt(target_conn, service._attempt(prepared), settings, read_ahead=ahead)
-    finally:
-        ahead.wait()
-    # ... and is rolled back: version 002 is applied in a transaction of its own.
-    assert result.status == "applied"
-    assert target_conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
-    with psycopg.connect(target_dsn, autocommit=True) as observer:
-        assert advisory_locks(observer, target_conn.info.backend_pid) == 0
-    assert [r[0] for r in ledger_rows(target_conn, target_schema)] == ["001", "002"]
 
 
 def test_only_relations_of_the_target_schema_count_as_existing(
@@ -724,168 +490,3 @@ def test_a_worker_stopped_during_before_commit_rolls_the_apply_back(target_conn,
     assert (relations(target_conn, target_schema), ledger_rows(target_conn, target_schema)) == (
         before
     )
-
-
-# --- a script checked in two parts (a new plan: most of it is checked while its start runs) --
-
-
-def two_part_attempt(target_schema: str, check: Any, *, head: str = "", tail: str = "") -> Any:
-    """The attempt of a new plan of patients and appointments, its check left pending.
-
-    `head` is added at the end of the checked part of the script, `tail` at the end of the rest.
-    """
-    from builder import service
-    from builder.apply import PendingCheck
-    from builder.contract import parse_envelope
-
-    request = parse_envelope(envelope([PATIENTS, APPOINTMENTS]))
-    prepared = service._prepare(request, target_schema, None, defer_check=True)
-    assert isinstance(prepared, service.Prepared)
-    migration = prepared.migration
-    assert 0 < migration.checked < len(migration.statements)
-    split = migration.checked_length()
-    script = migration.script[:split] + head + migration.script[split:] + tail
-    return replace(
-        service._attempt(prepared),
-        script=script,
-        pending_check=PendingCheck(split + len(head), check),
-    )
-
-
-def test_the_rest_of_a_script_is_checked_while_its_start_runs(
-    target_dsn, target_conn, target_schema
-):
-    from builder.apply import apply_attempt
-
-    pid = target_conn.info.backend_pid
-    seen: list[Any] = []
-
-    def check() -> None:
-        # Watch the apply's backend until it is no longer running the start of the script, or
-        # is at its closing pg_sleep (it runs the DDL before it).
-        with psycopg.connect(target_dsn, autocommit=True) as observer:
-            for _ in range(400):
-                state = observer.execute(
-                    "SELECT state, wait_event FROM pg_stat_activity WHERE pid = %s", [pid]
-                ).fetchone()
-                if state is None or state[0] != "active" or state[1] == "PgSleep":
-                    break
-                time.sleep(0.005)
-            seen.append(state)
-
-    attempt = two_part_attempt(target_schema, check, head="\n\nSELECT pg_sleep(0.3);")
-    result = apply_attempt(target_conn, attempt, settings_for(target_schema))
-
-    assert result.status == "applied", result.error
-    # The check ran while the server ran the start of the script (its pg_sleep).
-    assert seen == [("active", "PgSleep")]
-    assert {"patients", "appointments"} <= relations(target_conn, target_schema)
-    assert result.tables_created == ("patients", "appointments")
-    row = target_conn.execute(
-        sql.SQL("SELECT execution_ms, sql_script FROM {} WHERE id = %s").format(
-            sql.Identifier(target_schema, "schema_migrations")
-        ),
-        [result.ledger_id],
-    ).fetchone()
-    # The server's time for both parts of the script, from the start of the first.
-    assert row is not None and row[0] >= 300
-    assert row[1] == attempt.script
-
-
-@pytest.mark.parametrize("when", ["while the start runs", "after the start ran"])
-def test_a_script_whose_rest_fails_its_check_never_sends_it_and_is_rolled_back_and_recorded(
-    target_dsn, target_conn, target_schema, when
-):
-    from builder.apply import ScriptRefused, apply_attempt
-    from builder.errors import UnsafeSQLError
-
-    probe = sql.Identifier(target_schema, "probe")
-    target_conn.execute(sql.SQL("CREATE SEQUENCE {}").format(probe))
-
-    def check() -> None:
-        if when == "after the start ran":
-            _until_script_done(target_dsn, target_conn.info.backend_pid)
-        raise UnsafeSQLError("statements[9]: statement kind DropStmt is not allowed")
-
-    # nextval is not undone by a rollback: it shows whether the rest was ever sent.
-    nextval = sql.SQL("SELECT nextval({})").format(sql.Literal(f"{target_schema}.probe"))
-    attempt = two_part_attempt(
-        target_schema,
-        check,
-        head="\n\nSELECT pg_sleep(0.2);" if when == "while the start runs" else "",
-        tail=f"\n\n{nextval.as_string(target_conn)};",
-    )
-    with pytest.raises(ScriptRefused) as raised:
-        apply_attempt(target_conn, attempt, settings_for(target_schema))
-
-    assert isinstance(raised.value.__cause__, UnsafeSQLError)
-    assert target_conn.execute(sql.SQL("SELECT is_called FROM {}").format(probe)).fetchone() == (
-        False,
-    )
-    assert not {"patients", "appointments"} & relations(target_conn, target_schema)
-    [row] = ledger_rows(target_conn, target_schema)
-    assert row[:2] == ("001", "failed")
-    assert row[3] == attempt.script
-    assert "the script failed the parser check" in row[4] and "DropStmt" in row[4]
-    ledger_id = target_conn.execute(
-        sql.SQL("SELECT id::text FROM {}").format(
-            sql.Identifier(target_schema, "schema_migrations")
-        )
-    ).fetchone()
-    assert ledger_id == (raised.value.ledger_id,)
-    assert target_conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
-    again = run_schema_builder(
-        envelope([PATIENTS, APPOINTMENTS]), target_conn, settings=settings_for(target_schema)
-    )
-    assert again.status == "applied"
-
-
-def test_a_request_whose_sql_fails_the_check_after_its_start_ran_answers_a_recorded_failure(
-    target_conn, target_schema, monkeypatch
-):
-    from builder import ddl, service
-    from builder.errors import UnsafeSQLError
-
-    def unsafe(migration: Any) -> Any:
-        raise UnsafeSQLError("statements[9]: statement kind DropStmt is not allowed")
-
-    monkeypatch.setattr(ddl.Migration, "check_rest", unsafe)
-    service.clear_plan_cache()
-    request = envelope([PATIENTS, APPOINTMENTS])
-
-    outcome = run_schema_builder(request, target_conn, settings=settings_for(target_schema))
-
-    assert (outcome.status, outcome.http_status) == ("failed", 500)
-    result = outcome.response["result"]
-    assert "parser check" in result["summary"] and "rolled back" in result["summary"]
-    assert "DropStmt" not in str(outcome.response)  # the detail is logged, not answered
-    assert "DropStmt" in (outcome.error or "")
-    [row] = ledger_rows(target_conn, target_schema)
-    assert row[1] == "failed"
-    assert result["primary_outputs"]["migration_log_id"] == outcome.migration_log_id
-    assert outcome.response["audit"]["data_written"] == [
-        {"table": "schema_migrations", "record_id": outcome.migration_log_id, "status": "failed"}
-    ]
-    assert not {"patients", "appointments"} & relations(target_conn, target_schema)
-    assert not service._plans  # a plan is kept only once all of its SQL passed
-
-
-@pytest.mark.parametrize("answer", ["applied", "noop"])
-def test_a_new_plan_is_kept_checked_whole_after_an_apply_or_a_noop(
-    target_conn, target_schema, answer
-):
-    from builder import service
-
-    settings = settings_for(target_schema)
-    request = envelope([PATIENTS, APPOINTMENTS])
-    if answer == "noop":
-        assert run_schema_builder(request, target_conn, settings=settings).status == "applied"
-    service.clear_plan_cache()
-
-    outcome = run_schema_builder(request, target_conn, settings=settings)
-
-    assert outcome.status == answer
-    assert outcome.migration is not None and not outcome.migration.fully_checked
-    [plan] = service._plans.values()
-    assert plan.migration.fully_checked
-    assert plan.migration.script == outcome.migration.script
