@@ -22,8 +22,8 @@ class SchemaPlan(models.Model):
     """A normalized schema and the SQL generated for it, stored once for all its submissions.
 
     A service that retries, or re-sends its schema on every deploy, sends the same plan again and
-    again (a noop): each submission references the plan instead of keeping another copy of it
-    (about 28 KB for the foundation fixture). Plans are content-addressed and never change.
+    again (a noop): each submission references the plan instead of keeping another copy of it.
+    Plans are content-addressed and never change.
     """
 
     digest = models.CharField(

@@ -25,7 +25,7 @@ from builder.status import SUCCESS_STATUSES, Status
 
 WORKFLOW_NAME = "WF106"
 DEFAULT_TENANT = "global"
-# Risk gates (phase 2) will add profiles that hold or block changes; until then only the default
+# Risk gates (not built yet) will add profiles that hold or block changes; until then only the default
 # profile exists, and any other value is refused rather than silently treated as "safe".
 VALIDATION_PROFILES = ("safe",)
 

@@ -2,8 +2,8 @@
 """The webhook's permission check as a PL/pgSQL function (see revos_schema.api.CanSubmitSchema).
 
 A PL/pgSQL function keeps the plan of its query for the life of the database session, and the
-app's connections are persistent: the check no longer plans a two-EXISTS join on every request
-(about 0.3 to 0.5 ms of the server's time; Django does not use prepared statements). The rule is
+app's connections are persistent: the check does not plan a two-EXISTS join on every request
+(Django does not use prepared statements). Migration 0004 drops it again. The rule is
 ModelBackend's for Django's own User, Group and Permission tables: the permission is held
 directly or through one of the user's groups. Superusers and inactive accounts are decided in
 Python before it is called.

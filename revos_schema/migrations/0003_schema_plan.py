@@ -1,8 +1,7 @@
 # ruff: noqa: RUF012 (Django reads the Migration class attributes as is)
 """Each plan (normalized schema + generated SQL) is stored once and submissions reference it.
 
-A noop re-sent by a retrying service stored its plan again every time (about 28 KB for the
-foundation fixture, compressed by PostgreSQL on each INSERT). The existing rows' plans are
+A noop re-sent by a retrying service would store its plan again every time. The existing rows' plans are
 moved to `SchemaPlan` under the digest `SchemaPlan.digest_of` computes, nothing dropped: a
 submission with a schema or SQL keeps both, through `plan`. Reversible.
 """
