@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-# Copies of ../shared/fixtures, kept in the repo so a clone is self-contained.
+# Example requests: the foundation schema (two versions) and a minimal seed.
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 
