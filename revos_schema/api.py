@@ -28,6 +28,7 @@ from rest_framework.views import APIView, exception_handler
 from builder.errors import ValidationIssue
 from builder.request.body import InvalidRequestJSON, parse_request_json
 from builder.request.envelope import output_envelope, parse_envelope
+from builder.status import Status
 from revos_schema import api_docs
 from revos_schema.models import SchemaSubmission
 from revos_schema.services import OutcomeNotStored, store_unreadable, submit_envelope
@@ -82,7 +83,7 @@ class SchemaBuilderView(WebhookView):
         body = _read_json_body(request)
         actor = request.user.get_username()
         if isinstance(body, ValidationIssue):
-            refused = _error_response(status.HTTP_400_BAD_REQUEST, "blocked", [body])
+            refused = _error_response(status.HTTP_400_BAD_REQUEST, Status.BLOCKED, [body])
             submission = store_unreadable(body, refused.data, source="api", actor=actor)
             return Response(_link(refused.data, submission), status=refused.status_code)
         try:
@@ -91,14 +92,14 @@ class SchemaBuilderView(WebhookView):
             logger.exception("target database unavailable")
             return _error_response(
                 status.HTTP_503_SERVICE_UNAVAILABLE,
-                "failed",
+                Status.FAILED,
                 summary="The target database is unavailable; nothing was applied. Retry later.",
             )
         except OutcomeNotStored as exc:
             logger.exception("storing the outcome of a submission failed")
             return _error_response(
                 status.HTTP_500_INTERNAL_SERVER_ERROR,
-                "failed",
+                Status.FAILED,
                 summary=(
                     f"Internal error: the request was {exc.outcome.status}, but that could not be "
                     "stored. The target database's migration ledger has the record; retrying the "
@@ -177,7 +178,7 @@ def _link(response: dict[str, Any], submission: SchemaSubmission) -> dict[str, A
 
 
 def _error_envelope(
-    result_status: str,
+    result_status: Status | str,
     *,
     summary: str,
     issues: list[ValidationIssue] | None = None,
@@ -195,7 +196,7 @@ def _error_envelope(
 
 def _error_response(
     http_status: int,
-    result_status: str,
+    result_status: Status | str,
     issues: list[ValidationIssue] | None = None,
     *,
     summary: str | None = None,
@@ -225,16 +226,16 @@ def envelope_exception_handler(exc: Exception, context: dict[str, Any]) -> Respo
         # one while the script ran is rolled back and raised as CallerFailed (500).
         logger.error("the service's database is unavailable", exc_info=exc)
         summary = "The service's database is unavailable; nothing was done. Retry later."
-        body = _error_envelope("failed", summary=summary)
+        body = _error_envelope(Status.FAILED, summary=summary)
         return Response(body, status=status.HTTP_503_SERVICE_UNAVAILABLE)
     response = exception_handler(exc, context)
     if response is None:
         # Not an API error: a bug. Answer in the envelope shape, never with a stack trace.
         logger.error("unhandled error in the WF106 webhook", exc_info=exc)
-        body = _error_envelope("failed", summary="Internal error; nothing was applied.")
+        body = _error_envelope(Status.FAILED, summary="Internal error; nothing was applied.")
         return Response(body, status=status.HTTP_500_INTERNAL_SERVER_ERROR)
     detail = exc.detail if isinstance(exc, exceptions.APIException) else None
     summary = detail if isinstance(detail, str) else "The request was refused."
-    result_status = _AUTH_STATUS.get(response.status_code, "blocked")
+    result_status = _AUTH_STATUS.get(response.status_code, Status.BLOCKED)
     response.data = _error_envelope(result_status, summary=str(summary))
     return response

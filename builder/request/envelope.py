@@ -25,8 +25,8 @@ from builder.status import SUCCESS_STATUSES, Status
 
 WORKFLOW_NAME = "WF106"
 DEFAULT_TENANT = "global"
-# Risk gates (not built yet) will add profiles that hold or block changes; until then only the default
-# profile exists, and any other value is refused rather than silently treated as "safe".
+# Risk gates (not built yet) will add profiles that hold or block changes; until then only the
+# default profile exists, and any other value is refused rather than silently treated as "safe".
 VALIDATION_PROFILES = ("safe",)
 
 TOP_LEVEL_KEYS = ("meta", "subject", "payload", "context")

@@ -1,9 +1,9 @@
 # ruff: noqa: RUF012 (Django reads the Migration class attributes as is)
 """Each plan (normalized schema + generated SQL) is stored once and submissions reference it.
 
-A noop re-sent by a retrying service would store its plan again every time. The existing rows' plans are
-moved to `SchemaPlan` under the digest `SchemaPlan.digest_of` computes, nothing dropped: a
-submission with a schema or SQL keeps both, through `plan`. Reversible.
+A noop re-sent by a retrying service would store its plan again every time. The existing rows'
+plans are moved to `SchemaPlan` under the digest `SchemaPlan.digest_of` computes, nothing
+dropped: a submission with a schema or SQL keeps both, through `plan`. Reversible.
 """
 
 import django.db.models.deletion

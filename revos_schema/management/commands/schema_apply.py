@@ -22,7 +22,7 @@ OK_STATUSES = frozenset({Status.APPLIED, Status.NOOP, Status.PREVIEW})
 class Command(BaseCommand):
     # These commands serve no URL: the system checks would import the whole URLconf (DRF, the
     # API docs) for nothing. `manage.py check` runs them.
-    requires_system_checks: list[str] = []
+    requires_system_checks = ()
 
     help = "Apply a schema request envelope (JSON file, or - for stdin) and print the output."
 

@@ -15,7 +15,7 @@ from revos_schema.services import builder_settings
 class Command(BaseCommand):
     # These commands serve no URL: the system checks would import the whole URLconf (DRF, the
     # API docs) for nothing. `manage.py check` runs them.
-    requires_system_checks: list[str] = []
+    requires_system_checks = ()
 
     help = "Print the SQL that a schema request envelope (JSON file, or - for stdin) would run."
 
