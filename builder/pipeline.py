@@ -417,6 +417,10 @@ def _counts(prepared: Prepared) -> dict[str, Any]:
 
 
 def _warnings(result: applying.ApplyResult) -> list[str]:
+    return [*_existing_table_warnings(result), *result.isolation_gaps]
+
+
+def _existing_table_warnings(result: applying.ApplyResult) -> list[str]:
     # CREATE TABLE IF NOT EXISTS leaves an existing table as it is; until the catalog diff is
     # built, say so instead of letting the caller believe the columns were changed.
     return [

@@ -8,8 +8,9 @@ An apply is a straight line, like Django's schema editor inside `transaction.ato
    requests cannot both apply, and two first applies cannot race on creating the ledger); set
    `lock_timeout` and `statement_timeout`; create the ledger if it is missing; read the
    version's row again (noop or conflict); read which of the schema's tables and indexes exist;
-   run the script; insert the ledger row; call the caller's `before_commit`; commit. Either all
-   of it commits or none of it does.
+   run the script; if some of them existed, read what in them lets tenants reach each other's
+   data (`catalog.tenant_isolation_gaps`); insert the ledger row; call the caller's
+   `before_commit`; commit. Either all of it commits or none of it does.
 3. On a database error: the transaction is rolled back (the target is exactly as before), and a
    `failed` row with the error is recorded in a transaction of its own.
 """
@@ -72,6 +73,7 @@ class ApplyResult:
     tables_created: tuple[str, ...] = ()
     indexes_created: tuple[str, ...] = ()
     existing_tables: tuple[str, ...] = ()
+    isolation_gaps: tuple[str, ...] = ()
     error: str | None = None
     db_ms: int = 0
     reapplied: bool = False
@@ -165,6 +167,8 @@ def _apply_locked(
     before = catalog.existing_relations(conn, target, [*tables, *indexes])
     script_started = time.monotonic()
     conn.execute(attempt.script.encode())
+    tenant_tables = [t.name for t in attempt.schema.tables if t.tenant_scoped]
+    gaps = catalog.tenant_isolation_gaps(conn, target, tenant_tables) if before else []
     created_tables = tuple(name for name in tables if name not in before)
     created_indexes = tuple(name for name in indexes if name not in before)
     row = _ledger_row(
@@ -188,6 +192,7 @@ def _apply_locked(
         tables_created=created_tables,
         indexes_created=created_indexes,
         existing_tables=tuple(name for name in tables if name in before),
+        isolation_gaps=tuple(gaps),
         reapplied=existing is not None,
         db_ms=_elapsed_ms(started),
     )

@@ -106,6 +106,14 @@ def check_references(sources: list[TableDraft], tables: list[TableDraft], log: I
                 )
                 continue
             _check_referenced_column(column, ref, target, log)
+            if target.tenant_scoped and not table.tenant_scoped:
+                log.add(
+                    f"{ref.path}.table",
+                    "cross_tenant_reference",
+                    f"a table that is not tenant-scoped cannot reference the tenant-scoped table "
+                    f"{target.name!r}: its rows would point into one tenant's rows, which the "
+                    "database cannot keep apart (make both tables tenant-scoped, or both global)",
+                )
 
 
 def _check_referenced_column(
@@ -172,6 +180,9 @@ def _constraint_indexes(tables: Iterable[TableDraft]) -> Iterable[tuple[str, str
         assert table.name is not None
         owner = f"the primary key index of table {table.name!r}"
         yield owner, names.primary_key_name(table.name), f"{table.path}.name"
+        if table.tenant_scoped:
+            owner = f"the (tenant_id, id) unique index of table {table.name!r}"
+            yield owner, names.tenant_key_name(table.name), f"{table.path}.name"
         for column in table.columns:
             if column.unique and not column.primary_key:
                 owner = f"the unique constraint on {table.name}.{column.name}"

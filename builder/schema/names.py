@@ -69,6 +69,14 @@ def unique_constraint_name(table: str, column: str) -> str:
     return truncate_name(f"{table}_{column}_key")
 
 
+def tenant_key_name(table: str) -> str:
+    """Return the name of the UNIQUE (tenant_id, id) constraint of a tenant-scoped table.
+
+    Composite foreign keys from other tenant-scoped tables reference it.
+    """
+    return truncate_name(f"{table}_tenant_id_id_key")
+
+
 def foreign_key_name(table: str, column: str) -> str:
     """Return the name of the foreign key constraint of `column`."""
     return truncate_name(f"{table}_{column}_fkey")

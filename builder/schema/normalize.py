@@ -246,7 +246,8 @@ def _read_reference(
     on_delete = "NO ACTION"
     action = read_string(ref, "on_delete", path, log, required=False)
     if action is not None:
-        words = " ".join(action.split()).upper() if action.isascii() else action
+        # `set null`, `SET NULL` and `set_null` all name the same action.
+        words = " ".join(action.replace("_", " ").split()).upper() if action.isascii() else action
         if words in ON_DELETE_ACTIONS:
             on_delete = words
         else:

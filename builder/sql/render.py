@@ -73,7 +73,7 @@ SQL_CONSTRAINT_EXISTS = (
 )
 SQL_ADD_FOREIGN_KEY = (
     "        ALTER TABLE {table} ADD CONSTRAINT {name}\n"
-    "            FOREIGN KEY ({column}) REFERENCES {to_table} ({to_column}) ON DELETE {on_delete}"
+    "            FOREIGN KEY ({columns}) REFERENCES {to_table} ({to_columns}) ON DELETE {on_delete}"
 )
 SQL_CREATE_UPDATED_AT_TRIGGER = (
     "CREATE OR REPLACE TRIGGER {name} BEFORE UPDATE ON {table}\n"
@@ -115,9 +115,16 @@ def render_migration(schema: Schema, *, target_schema: str = "public") -> Migrat
             statements.extend(render_tenant_policy(table, target_schema))
         if table.column(UPDATED_AT_COLUMN) is not None:
             statements.append(render_updated_at_trigger(table, target_schema))
+    tenant_scoped = {table.name: table.tenant_scoped for table in tables}
     for table in tables:
         statements.extend(
-            render_foreign_key(table, column, column.references, target_schema)
+            render_foreign_key(
+                table,
+                column,
+                column.references,
+                target_schema,
+                to_tenant_scoped=tenant_scoped.get(column.references.table, False),
+            )
             for column in table.columns
             if column.references is not None
         )
@@ -144,7 +151,12 @@ def render_updated_at_function(target_schema: str) -> str:
 
 
 def render_create_table(table: Table, target_schema: str) -> str:
-    """Return the `CREATE TABLE IF NOT EXISTS` of `table`, without its foreign keys."""
+    """Return the `CREATE TABLE IF NOT EXISTS` of `table`, without its foreign keys.
+
+    A tenant-scoped table also gets `UNIQUE (tenant_id, <primary key>)`, which the composite
+    foreign keys of other tenant-scoped tables reference, and its `unique` columns are unique per
+    tenant (`UNIQUE (tenant_id, <column>)`).
+    """
     lines = [render_column(column) for column in table.columns]
     primary_key = [c.name for c in table.columns if c.primary_key]
     if primary_key:
@@ -153,10 +165,17 @@ def render_create_table(table: Table, target_schema: str) -> str:
                 name=_quote(names.primary_key_name(table.name)), columns=_quote_list(primary_key)
             )
         )
+        if table.tenant_scoped:
+            lines.append(
+                SQL_UNIQUE.format(
+                    name=_quote(names.tenant_key_name(table.name)),
+                    columns=_quote_list(unique_columns(table, primary_key)),
+                )
+            )
     lines.extend(
         SQL_UNIQUE.format(
             name=_quote(names.unique_constraint_name(table.name, c.name)),
-            columns=_quote(c.name),
+            columns=_quote_list(unique_columns(table, [c.name])),
         )
         for c in table.columns
         if c.unique and not c.primary_key
@@ -164,6 +183,17 @@ def render_create_table(table: Table, target_schema: str) -> str:
     return SQL_CREATE_TABLE.format(
         table=_qualified(target_schema, table.name), definition=",\n".join(lines)
     )
+
+
+def unique_columns(table: Table, columns: Sequence[str]) -> list[str]:
+    """Return the columns a uniqueness of `columns` covers: led by `tenant_id` in a tenant table.
+
+    A value that is unique across tenants would let one tenant find out, by a unique violation,
+    that another holds it, and would keep two tenants from holding the same value.
+    """
+    if not table.tenant_scoped:
+        return list(columns)
+    return [TENANT_COLUMN, *(c for c in columns if c != TENANT_COLUMN)]
 
 
 def render_column(column: Column) -> str:
@@ -185,13 +215,18 @@ def _column_line(name: str, sql_type: str, not_null: bool, default: str | None) 
 
 
 def render_indexes(table: Table, target_schema: str) -> list[str]:
-    """Return one `CREATE [UNIQUE] INDEX IF NOT EXISTS` per index of `table`, in order."""
+    """Return one `CREATE [UNIQUE] INDEX IF NOT EXISTS` per index of `table`, in order.
+
+    A unique index of a tenant-scoped table is unique per tenant: it leads with `tenant_id`.
+    """
     return [
         SQL_CREATE_INDEX.format(
             unique="UNIQUE " if index.unique else "",
             name=_quote(index.name),
             table=_qualified(target_schema, table.name),
-            columns=_quote_list(index.columns),
+            columns=_quote_list(
+                unique_columns(table, index.columns) if index.unique else index.columns
+            ),
         )
         for index in table.indexes
     ]
@@ -227,21 +262,39 @@ def render_updated_at_trigger(table: Table, target_schema: str) -> str:
 
 
 def render_foreign_key(
-    table: Table, column: Column, reference: ForeignKey, target_schema: str
+    table: Table,
+    column: Column,
+    reference: ForeignKey,
+    target_schema: str,
+    *,
+    to_tenant_scoped: bool = False,
 ) -> str:
-    """Return a `DO` block that adds the foreign key of `column` unless it already exists."""
+    """Return a `DO` block that adds the foreign key of `column` unless it already exists.
+
+    Between two tenant-scoped tables the key is composite, `(tenant_id, column) REFERENCES
+    to_table (tenant_id, to_column)`: PostgreSQL checks foreign keys without row level security,
+    so a single-column key would let a row of one tenant reference another tenant's row. Its
+    `SET NULL` and `SET DEFAULT` actions name the column, so that `tenant_id` is never changed.
+    """
     if reference.on_delete not in ON_DELETE_ACTIONS:
         raise ValueError(f"unknown ON DELETE action {reference.on_delete!r}")
+    if to_tenant_scoped and not table.tenant_scoped:
+        raise ValueError(f"global table {table.name!r} references a tenant-scoped table")
     qualified = _qualified(target_schema, table.name)
     constraint = names.foreign_key_name(table.name, column.name)
     check = SQL_CONSTRAINT_EXISTS.format(table=_literal(qualified), name=_literal(constraint))
+    columns, to_columns, on_delete = [column.name], [reference.column], reference.on_delete
+    if to_tenant_scoped:
+        columns, to_columns = [TENANT_COLUMN, column.name], [TENANT_COLUMN, reference.column]
+        if on_delete in ("SET NULL", "SET DEFAULT"):
+            on_delete = f"{on_delete} ({_quote(column.name)})"
     action = SQL_ADD_FOREIGN_KEY.format(
         table=qualified,
         name=_quote(constraint),
-        column=_quote(column.name),
+        columns=_quote_list(columns),
         to_table=_qualified(target_schema, reference.table),
-        to_column=_quote(reference.column),
-        on_delete=reference.on_delete,
+        to_columns=_quote_list(to_columns),
+        on_delete=on_delete,
     )
     return _do_if_not_exists(check, action)
 

@@ -269,7 +269,7 @@ def test_failed_is_500_rolled_back_recorded_and_without_internals(client, target
         target_conn.execute(
             sql.SQL(
                 "INSERT INTO {} (tenant_id, first_name, last_name, mrn) "
-                "VALUES (gen_random_uuid(), 'a', 'b', 'dup')"
+                "VALUES ('00000000-0000-0000-0000-00000000000a', 'a', 'b', 'dup')"
             ).format(table)
         )
     unique_mrn = {**PATIENTS, "indexes": [{"columns": ["mrn"], "unique": True}]}

@@ -110,7 +110,7 @@ def test_failed_migration_rolls_back_and_is_recorded(target_conn, target_schema)
         target_conn.execute(
             sql.SQL(
                 "INSERT INTO {} (tenant_id, first_name, last_name, mrn) "
-                "VALUES (gen_random_uuid(), 'a', 'b', 'MRN-1')"
+                "VALUES ('00000000-0000-0000-0000-00000000000a', 'a', 'b', 'MRN-1')"
             ).format(table)
         )
     before = relations(target_conn, target_schema)

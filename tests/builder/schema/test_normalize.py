@@ -1109,3 +1109,61 @@ def test_normalized_schemas_are_frozen_tuples() -> None:
     schema = normalize_schema(fixture_payload("foundation_v002.json"))
     assert isinstance(schema.tables, tuple)
     assert all(isinstance(t, Table) and isinstance(t.columns, tuple) for t in schema.tables)
+
+
+# --- tenant isolation ------------------------------------------------------------------------
+
+
+def test_a_global_table_may_not_reference_a_tenant_scoped_table() -> None:
+    raw = payload(
+        table("patients", {"name": "name", "type": "text"}),
+        table(
+            "countries",
+            {"name": "iso", "type": "text", "unique": True},
+            tenant_scoped=False,
+        ),
+        table(
+            "stats",
+            {"name": "patient_id", "type": "uuid", "references": {"table": "patients"}},
+            {"name": "country_id", "type": "uuid", "references": {"table": "countries"}},
+            tenant_scoped=False,
+        ),
+    )
+    with pytest.raises(SchemaValidationError) as excinfo:
+        normalize_schema(raw)
+    [issue] = excinfo.value.issues
+    assert (issue.path, issue.code) == (
+        "payload.tables[2].columns[0].references.table",
+        "cross_tenant_reference",
+    )
+    assert "'patients'" in issue.message and "tenant-scoped" in issue.message
+
+
+def test_tenant_scoped_tables_may_reference_global_and_tenant_scoped_tables() -> None:
+    schema = normalize_schema(
+        payload(
+            table(
+                "countries", {"name": "iso", "type": "text", "unique": True}, tenant_scoped=False
+            ),
+            table(
+                "patients",
+                {"name": "country_id", "type": "uuid", "references": {"table": "countries"}},
+            ),
+            table(
+                "visits",
+                {"name": "patient_id", "type": "uuid", "references": {"table": "patients"}},
+            ),
+        )
+    )
+    assert [t.tenant_scoped for t in schema.tables] == [False, True, True]
+
+
+def test_the_tenant_key_takes_its_name_in_the_relation_namespace() -> None:
+    raw = payload(
+        table(
+            "patients",
+            {"name": "code", "type": "text"},
+            indexes=[{"name": "patients_tenant_id_id_key", "columns": ["code"]}],
+        )
+    )
+    assert issues_of(raw) == [("payload.tables[0].indexes[0].name", "duplicate_name")]

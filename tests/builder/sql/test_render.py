@@ -57,7 +57,8 @@ CREATE TABLE IF NOT EXISTS "public"."patients" (
     "first_name" TEXT NOT NULL,
     "last_name" TEXT NOT NULL,
     "phone" TEXT,
-    CONSTRAINT "patients_pkey" PRIMARY KEY ("id")
+    CONSTRAINT "patients_pkey" PRIMARY KEY ("id"),
+    CONSTRAINT "patients_tenant_id_id_key" UNIQUE ("tenant_id", "id")
 );
 
 CREATE INDEX IF NOT EXISTS "idx_patients_tenant_id" ON "public"."patients" ("tenant_id");
@@ -171,7 +172,8 @@ def test_reserved_words_are_quoted() -> None:
         '    "tenant_id" UUID NOT NULL,\n'
         '    "user" UUID,\n'
         '    "select" TEXT,\n'
-        '    CONSTRAINT "order_pkey" PRIMARY KEY ("id")\n'
+        '    CONSTRAINT "order_pkey" PRIMARY KEY ("id"),\n'
+        '    CONSTRAINT "order_tenant_id_id_key" UNIQUE ("tenant_id", "id")\n'
         ")"
     )
     assert migration.statements[5] == (
@@ -186,7 +188,8 @@ def test_reserved_words_are_quoted() -> None:
         "            AND conname = 'order_user_fkey'\n"
         "    ) THEN\n"
         '        ALTER TABLE "public"."order" ADD CONSTRAINT "order_user_fkey"\n'
-        '            FOREIGN KEY ("user") REFERENCES "public"."user" ("id") ON DELETE NO ACTION;\n'
+        '            FOREIGN KEY ("tenant_id", "user") '
+        'REFERENCES "public"."user" ("tenant_id", "id") ON DELETE NO ACTION;\n'
         "    END IF;\n"
         "END\n"
         "$wf106$"
@@ -200,7 +203,8 @@ def test_embedded_double_quotes_and_single_quotes_are_escaped() -> None:
 
     create = migration.statements[0]
     assert '    "we""ird" TEXT,\n' in create
-    assert 'CONSTRAINT "it\'s_we""ird_key" UNIQUE ("we""ird")' in create
+    # Unique per tenant: the table is tenant-scoped.
+    assert 'CONSTRAINT "it\'s_we""ird_key" UNIQUE ("tenant_id", "we""ird")' in create
     assert "AND tablename = 'it''s'" in migration.statements[3]
     assert "AND policyname = 'it''s_tenant_isolation'" in migration.statements[3]
 
@@ -422,7 +426,7 @@ ROUND_TRIP_SCHEMAS = {
     "patients": schema(PATIENTS),
     "reserved": schema(
         table("order", Column("user_id", "UUID", references=fk("user", "CASCADE"))),
-        table("user", Column("order_id", "UUID", references=fk("order")), tenant=False),
+        table("user", Column("order_id", "UUID", references=fk("order", "SET NULL"))),
     ),
     "unique": schema(
         table("t", Column("x", "NUMERIC(12,2)", unique=True, default="0"), tenant=False)
@@ -471,7 +475,7 @@ def columns_for(draw: st.DrawFn, table_names: list[str]) -> list[Column]:
     )
     columns = []
     for name in column_names:
-        target = draw(st.none() | st.sampled_from(table_names))
+        target = draw(st.none() | st.sampled_from(table_names)) if table_names else None
         if target is not None:
             on_delete = draw(st.sampled_from(ON_DELETE_ACTIONS))
             columns.append(Column(name, "UUID", references=ForeignKey(target, "id", on_delete)))
@@ -492,13 +496,15 @@ def columns_for(draw: st.DrawFn, table_names: list[str]) -> list[Column]:
 @st.composite
 def random_schemas(draw: st.DrawFn) -> Schema:
     table_names = draw(st.lists(identifiers, min_size=1, max_size=4, unique=True))
+    tenancy = {name: draw(st.booleans()) for name in table_names}
     tables = []
-    for name in table_names:
-        tenant = draw(st.booleans())
+    for name, tenant in tenancy.items():
         columns = [ID, *([TENANT_ID] if tenant else [])]
         if draw(st.booleans()):
             columns.append(Column("updated_at", "TIMESTAMPTZ", not_null=True, default="now()"))
-        columns.extend(draw(columns_for(table_names)))
+        # A global table may only reference global tables (the normalizer refuses the rest).
+        referable = [n for n in table_names if tenant or not tenancy[n]]
+        columns.extend(draw(columns_for(referable)))
         column_names = [c.name for c in columns]
         indexed = draw(
             st.lists(
@@ -608,3 +614,84 @@ def test_check_statements_counts_locations_in_bytes() -> None:
 def test_check_statements_accepts_the_generated_sql() -> None:
     check_statements(render_migration(schema(PATIENTS)).statements)
     check_statements([])
+
+
+# --- tenant isolation by construction --------------------------------------------------------
+
+
+def test_uniqueness_in_a_tenant_table_is_per_tenant_and_global_in_a_global_table() -> None:
+    users = table(
+        "users",
+        Column("email", "TEXT", unique=True),
+        Column("code", "TEXT"),
+        indexes=(Index("idx_users_code", ("code",), unique=True),),
+    )
+    tenants = table(
+        "tenants",
+        Column("slug", "TEXT", unique=True),
+        indexes=(Index("idx_tenants_slug", ("slug",), unique=True),),
+        tenant=False,
+    )
+    statements = render_migration(schema(users, tenants)).statements
+
+    create_users = statements[create_table_position(statements, "users")]
+    assert 'CONSTRAINT "users_tenant_id_id_key" UNIQUE ("tenant_id", "id")' in create_users
+    assert 'CONSTRAINT "users_email_key" UNIQUE ("tenant_id", "email")' in create_users
+    assert (
+        'CREATE UNIQUE INDEX IF NOT EXISTS "idx_users_code" ON "public"."users" '
+        '("tenant_id", "code")'
+    ) in statements
+    create_tenants = statements[create_table_position(statements, "tenants")]
+    assert 'CONSTRAINT "tenants_slug_key" UNIQUE ("slug")' in create_tenants
+    assert "tenant_id" not in create_tenants
+    assert (
+        'CREATE UNIQUE INDEX IF NOT EXISTS "idx_tenants_slug" ON "public"."tenants" ("slug")'
+    ) in statements
+
+
+def test_a_unique_index_naming_tenant_id_later_is_led_by_it() -> None:
+    users = table(
+        "users", Column("code", "TEXT"), indexes=(Index("i", ("code", "tenant_id"), True),)
+    )
+    statements = render_migration(schema(users)).statements
+    assert 'CREATE UNIQUE INDEX IF NOT EXISTS "i" ON "public"."users" ("tenant_id", "code")' in (
+        statements
+    )
+
+
+@pytest.mark.parametrize(
+    ("on_delete", "rendered"),
+    [
+        ("CASCADE", "ON DELETE CASCADE"),
+        ("SET NULL", 'ON DELETE SET NULL ("patient_id")'),
+        ("SET DEFAULT", 'ON DELETE SET DEFAULT ("patient_id")'),
+    ],
+)
+def test_a_reference_between_tenant_tables_is_composite(on_delete: str, rendered: str) -> None:
+    patients = table("patients")
+    visits = table("visits", Column("patient_id", "UUID", references=fk("patients", on_delete)))
+    key = render_migration(schema(patients, visits)).statements[-1]
+
+    assert (
+        'FOREIGN KEY ("tenant_id", "patient_id") REFERENCES "public"."patients" '
+        f'("tenant_id", "id") {rendered};'
+    ) in key
+
+
+def test_a_reference_to_a_global_table_stays_a_plain_foreign_key() -> None:
+    countries = table("countries", tenant=False)
+    patients = table(
+        "patients", Column("country_id", "UUID", references=fk("countries", "SET NULL"))
+    )
+    key = render_migration(schema(countries, patients)).statements[-1]
+
+    assert (
+        'FOREIGN KEY ("country_id") REFERENCES "public"."countries" ("id") ON DELETE SET NULL;'
+    ) in key
+
+
+def test_a_global_table_referencing_a_tenant_table_is_a_bug() -> None:
+    patients = table("patients")
+    stats = table("stats", Column("patient_id", "UUID", references=fk("patients")), tenant=False)
+    with pytest.raises(ValueError, match="global table 'stats'"):
+        render_migration(schema(patients, stats))

@@ -135,15 +135,24 @@ def test_script_runs_twice_and_changes_nothing_the_second_time(
     for name, (_, rls, force) in tables.items():
         assert (rls, force) == ((True, True) if name in TENANT_TABLES else (False, False))
     constraints = {(r[0], r[1]): (r[2], r[3]) for r in clinic["constraints"]}
+    # Between tenant-scoped tables a key carries tenant_id; to a global table it does not.
     assert constraints[("visits", "visits_patient_id_fkey")] == (
         "f",
-        f"FOREIGN KEY (patient_id) REFERENCES {target_schema}.patients(id) ON DELETE CASCADE",
+        f"FOREIGN KEY (tenant_id, patient_id) REFERENCES {target_schema}.patients(tenant_id, id) "
+        "ON DELETE CASCADE",
     )
+    assert constraints[("patients", "patients_tenant_id_id_key")] == (
+        "u",
+        "UNIQUE (tenant_id, id)",
+    )
+    assert ("countries", "countries_tenant_id_id_key") not in constraints
     assert constraints[("doctors", "doctors_last_visit_id_fkey")][0] == "f"
     assert constraints[("order", "order_parent_id_fkey")][0] == "f"
-    assert "ON DELETE RESTRICT" in constraints[("order", "order_country_id_fkey")][1]
-    assert "ON DELETE SET NULL" in constraints[("visits", "visits_doctor_id_fkey")][1]
-    assert constraints[("doctors", "doctors_license_key")] == ("u", "UNIQUE (license)")
+    assert constraints[("order", "order_country_id_fkey")][1] == (
+        f"FOREIGN KEY (country_id) REFERENCES {target_schema}.countries(id) ON DELETE RESTRICT"
+    )
+    assert "ON DELETE SET NULL (doctor_id)" in constraints[("visits", "visits_doctor_id_fkey")][1]
+    assert constraints[("doctors", "doctors_license_key")] == ("u", "UNIQUE (tenant_id, license)")
     assert constraints[("countries", "countries_pkey")] == ("p", "PRIMARY KEY (id)")
     assert sum(1 for kind, _ in constraints.values() if kind == "f") == 5
     indexes = {row[1] for row in clinic["indexes"]}

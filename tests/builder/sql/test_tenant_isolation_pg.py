@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import psycopg
 import pytest
@@ -170,3 +171,244 @@ def test_tenant_query_uses_the_tenant_id_index(target_dsn, target_conn, patients
     index_names = {n.get("Index Name") for n in nodes}
     assert "idx_patients_tenant_id" in index_names, nodes
     assert not any(n["Node Type"] == "Seq Scan" for n in nodes), nodes
+
+
+# --- isolation by construction: uniqueness and references -----------------------------------
+
+RECORDS = {
+    "name": "records",
+    "columns": [
+        {"name": "email", "type": "TEXT", "unique": True},
+        {"name": "code", "type": "TEXT"},
+    ],
+    "indexes": [{"columns": ["code"], "unique": True}],
+}
+NOTES = {
+    "name": "notes",
+    "columns": [
+        {"name": "body", "type": "TEXT"},
+        {
+            "name": "record_id",
+            "type": "UUID",
+            "references": {"table": "records", "on_delete": "set_null"},
+        },
+    ],
+}
+REGIONS = {
+    "name": "regions",
+    "tenant_scoped": False,
+    "columns": [{"name": "slug", "type": "TEXT", "unique": True}],
+}
+
+
+@pytest.fixture
+def isolated(target_conn, target_schema) -> str:
+    """Apply records, notes (referencing records) and the global regions; return the schema."""
+    outcome = run_schema_builder(
+        envelope([RECORDS, NOTES, REGIONS]),
+        target_conn,
+        settings=ApplySettings(target_schema=target_schema),
+    )
+    assert outcome.status == "applied", outcome.response
+    assert outcome.response["result"]["primary_outputs"]["warnings"] == []
+    return target_schema
+
+
+@pytest.fixture
+def make_role(target_conn, target_schema) -> Iterator[Any]:
+    """Create roles that may read and write the target schema's tables (dropped afterwards)."""
+    made: list[sql.Identifier] = []
+
+    def make(*options: str) -> str:
+        role = f"app_{uuid.uuid4().hex[:10]}"
+        ident, space = sql.Identifier(role), sql.Identifier(target_schema)
+        target_conn.execute(
+            sql.SQL("CREATE ROLE {} NOLOGIN {}").format(ident, sql.SQL(" ".join(options)))
+        )
+        made.append(ident)
+        target_conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(space, ident))
+        target_conn.execute(
+            sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {} TO {}").format(
+                space, ident
+            )
+        )
+        return role
+
+    yield make
+    for ident in made:
+        target_conn.execute(sql.SQL("DROP OWNED BY {}").format(ident))
+        target_conn.execute(sql.SQL("DROP ROLE {}").format(ident))
+
+
+def insert(conn: psycopg.Connection, schema: str, table: str, **values: object) -> str:
+    """INSERT one row with `values` (tenant_id included); return its id."""
+    query = sql.SQL("INSERT INTO {} ({}) VALUES ({}) RETURNING id").format(
+        sql.Identifier(schema, table),
+        sql.SQL(", ").join(map(sql.Identifier, values)),
+        sql.SQL(", ").join([sql.Placeholder()] * len(values)),
+    )
+    row = conn.execute(query, list(values.values())).fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+@pytest.mark.parametrize("column", ["email", "code"])  # a unique column, a unique index
+def test_two_tenants_may_hold_one_unique_value_a_tenant_only_once(
+    target_dsn, isolated, make_role, column
+):
+    role = make_role()
+    with psycopg.connect(target_dsn, autocommit=True) as conn:
+        for tenant in (TENANT_A, TENANT_B):
+            as_role(conn, role, tenant)
+            insert(conn, isolated, "records", tenant_id=tenant, **{column: "MRN-1"})
+        as_role(conn, role, TENANT_A)
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            insert(conn, isolated, "records", tenant_id=TENANT_A, **{column: "MRN-1"})
+
+
+def test_a_row_cannot_reference_another_tenants_row_even_for_a_role_that_sees_both(
+    target_dsn, isolated, make_role
+):
+    maintenance = make_role("BYPASSRLS")  # sees every tenant's rows
+    with psycopg.connect(target_dsn, autocommit=True) as conn:
+        as_role(conn, maintenance, None)
+        theirs = insert(conn, isolated, "records", tenant_id=TENANT_B, email="b@example.org")
+        ours = insert(conn, isolated, "records", tenant_id=TENANT_A, email="a@example.org")
+        assert conn.execute(
+            sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(isolated, "records"))
+        ).fetchone() == (2,)
+        with pytest.raises(psycopg.errors.ForeignKeyViolation):
+            insert(conn, isolated, "notes", tenant_id=TENANT_A, record_id=theirs)
+        note = insert(conn, isolated, "notes", tenant_id=TENANT_A, record_id=ours)
+        # Another tenant's row cannot be pointed at by an UPDATE either.
+        with pytest.raises(psycopg.errors.ForeignKeyViolation):
+            conn.execute(
+                sql.SQL("UPDATE {} SET record_id = %s WHERE id = %s").format(
+                    sql.Identifier(isolated, "notes")
+                ),
+                [theirs, note],
+            )
+        # ON DELETE SET NULL (record_id): the reference goes, the tenant stays.
+        conn.execute(
+            sql.SQL("DELETE FROM {} WHERE id = %s").format(sql.Identifier(isolated, "records")),
+            [ours],
+        )
+        row = conn.execute(
+            sql.SQL("SELECT tenant_id::text, record_id FROM {} WHERE id = %s").format(
+                sql.Identifier(isolated, "notes")
+            ),
+            [note],
+        ).fetchone()
+    assert row == (TENANT_A, None)
+
+
+def test_a_global_table_keeps_global_uniqueness_and_has_no_tenant_column_or_policy(
+    target_dsn, target_conn, isolated, make_role
+):
+    role = make_role()
+    with psycopg.connect(target_dsn, autocommit=True) as conn:
+        as_role(conn, role, TENANT_A)
+        insert(conn, isolated, "regions", slug="eu")
+        as_role(conn, role, TENANT_B)
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            insert(conn, isolated, "regions", slug="eu")
+    columns = target_conn.execute(
+        "SELECT column_name FROM information_schema.columns "
+        "WHERE table_schema = %s AND table_name = 'regions'",
+        [isolated],
+    ).fetchall()
+    assert ("tenant_id",) not in columns
+    policies = target_conn.execute(
+        "SELECT count(*) FROM pg_policies WHERE schemaname = %s AND tablename = 'regions'",
+        [isolated],
+    ).fetchone()
+    assert policies == (0,)
+
+
+@pytest.mark.parametrize("tenant", [None, "", "not-a-uuid", "42"])
+def test_an_unset_or_malformed_tenant_reaches_no_tenants_rows(
+    target_dsn, target_conn, patients, app_role, tenant
+):
+    before = target_conn.execute(
+        sql.SQL("SELECT tenant_id, first_name, last_name FROM {} ORDER BY 2").format(patients)
+    ).fetchall()
+    statements = [
+        (sql.SQL("SELECT first_name FROM {}").format(patients), []),
+        (sql.SQL("UPDATE {} SET last_name = 'hacked'").format(patients), []),
+        (sql.SQL("DELETE FROM {}").format(patients), []),
+        (
+            sql.SQL(
+                "INSERT INTO {} (tenant_id, first_name, last_name) VALUES (%s, 'eve', 'x')"
+            ).format(patients),
+            [TENANT_A],
+        ),
+    ]
+    with psycopg.connect(target_dsn) as conn:
+        for statement, params in statements:
+            as_role(conn, app_role, tenant)
+            try:
+                cursor = conn.execute(statement, params)
+            except (psycopg.errors.InsufficientPrivilege, psycopg.errors.InvalidTextRepresentation):
+                conn.rollback()  # refused: an error, never another tenant's rows
+                continue
+            # Allowed to run: it saw and changed nothing.
+            assert cursor.rowcount == 0 and not statement.as_string().startswith("INSERT")
+            if cursor.description:
+                assert cursor.fetchall() == []
+            conn.commit()
+    after = target_conn.execute(
+        sql.SQL("SELECT tenant_id, first_name, last_name FROM {} ORDER BY 2").format(patients)
+    ).fetchall()
+    assert after == before
+
+
+def test_an_apply_names_what_tables_built_before_leave_open_between_tenants(
+    target_conn, target_schema
+):
+    # Tables as built without isolation by construction: a global unique column, a global
+    # unique index, a single-column foreign key between tenant tables.
+    records, notes = (
+        sql.Identifier(target_schema, "records"),
+        sql.Identifier(target_schema, "notes"),
+    )
+    target_conn.execute(
+        sql.SQL(
+            "CREATE TABLE {records} (id uuid PRIMARY KEY, tenant_id uuid NOT NULL, {times}, "
+            "email text UNIQUE, code text);"
+            "CREATE UNIQUE INDEX idx_records_code ON {records} (code);"
+            "CREATE TABLE {notes} (id uuid PRIMARY KEY, tenant_id uuid NOT NULL, {times}, "
+            "body text, record_id uuid CONSTRAINT notes_record_id_fkey REFERENCES {records} (id))"
+        ).format(
+            records=records,
+            notes=notes,
+            times=sql.SQL(
+                "created_at timestamptz NOT NULL DEFAULT now(), "
+                "updated_at timestamptz NOT NULL DEFAULT now(), deleted_at timestamptz"
+            ),
+        )
+    )
+    outcome = run_schema_builder(
+        envelope([RECORDS, NOTES, REGIONS]),
+        target_conn,
+        settings=ApplySettings(target_schema=target_schema),
+    )
+
+    assert outcome.status == "applied", outcome.response
+    warnings = outcome.response["result"]["primary_outputs"]["warnings"]
+    gaps = [w for w in warnings if "already existed" not in w]
+    assert len(gaps) == 3, warnings
+    assert "'records' has the unique index 'idx_records_code' (btree (code))" in gaps[0]
+    assert "'records' has the unique index 'records_email_key' (btree (email))" in gaps[1]
+    assert "unique across tenants" in gaps[1]
+    assert "foreign key 'notes_record_id_fkey' of table 'notes' references 'records'" in gaps[2]
+    assert "without tenant_id" in gaps[2]
+    # Tables made by the builder raise none.
+    again = run_schema_builder(
+        envelope([REGIONS], version="002"),
+        target_conn,
+        settings=ApplySettings(target_schema=target_schema),
+    )
+    assert again.response["result"]["primary_outputs"]["warnings"] == [
+        "Table 'regions' already existed; its columns were left unchanged "
+        "(comparing existing tables with the schema is not built yet)."
+    ]
