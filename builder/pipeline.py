@@ -29,7 +29,13 @@ from builder.db import apply as applying
 from builder.db.ledger import LEDGER_TABLE
 from builder.errors import SchemaValidationError, UnsafeSQLError, ValidationIssue
 from builder.request.body import canonical_dumps
-from builder.request.envelope import Envelope, idempotency_key, output_envelope, parse_envelope
+from builder.request.envelope import (
+    REVIEW_PROFILE,
+    Envelope,
+    idempotency_key,
+    output_envelope,
+    parse_envelope,
+)
 from builder.schema.normalize import normalize_schema, schema_hash
 from builder.schema.spec import Schema
 from builder.sql.render import Migration, render_migration
@@ -200,15 +206,19 @@ def run_schema_builder(
     settings: applying.ApplySettings | None = None,
     emit: EventSink | None = None,
     before_commit: Callable[[Prepared], None] | None = None,
+    hold: bool = False,
 ) -> Outcome:
     """Handle one request envelope end to end and return its Outcome.
 
     `conn` is an autocommit connection to the target database; it may be None only for a
-    request that turns out to be blocked or a `dry_run` preview, which never touch the target.
-    `emit` receives the `schema_migration_applied` event of an apply. `before_commit` is called
-    once, with the prepared request (its schema and SQL), after its script ran and before the
-    target commits (see `builder.db.apply.apply_attempt`); never for blocked, preview, noop and
-    conflict answers.
+    request that turns out to be blocked, a `dry_run` preview, or held, which never touch the
+    target. A request is held for approval (`pending_approval`) when `hold` is true or its
+    `context.validation_profile` is `review`; `apply_prepared` applies it once approved.
+    `emit` receives the events of the answer (`schema_migration_applied`,
+    `schema_migration_pending_approval`). `before_commit` is called once, with the prepared
+    request (its schema and SQL), after its script ran and before the target commits (see
+    `builder.db.apply.apply_attempt`); never for blocked, preview, held, noop and conflict
+    answers.
     """
     settings = settings or applying.ApplySettings()
     started = time.monotonic()
@@ -223,13 +233,35 @@ def run_schema_builder(
         return _blocked(prepared.envelope, prepared.issues, started)
     if envelope.dry_run:
         return _preview(prepared, started)
+    if hold or envelope.validation_profile == REVIEW_PROFILE:
+        return _held(prepared, emit, started)
     if conn is None:
         raise ValueError("a connection to the target database is needed to apply")
+    return apply_prepared(
+        prepared, conn, settings=settings, emit=emit, before_commit=before_commit, started=started
+    )
+
+
+def apply_prepared(
+    prepared: Prepared,
+    conn: psycopg.Connection[Any],
+    *,
+    settings: applying.ApplySettings | None = None,
+    emit: EventSink | None = None,
+    before_commit: Callable[[Prepared], None] | None = None,
+    started: float | None = None,
+) -> Outcome:
+    """Apply a plan made by `prepare` (for example a held request, once approved).
+
+    The same last stage as `run_schema_builder`'s, with the same `emit` and `before_commit`.
+    """
+    settings = settings or applying.ApplySettings()
+    started = time.monotonic() if started is None else started
     on_commit = None if before_commit is None else functools.partial(before_commit, prepared)
     result = applying.apply_attempt(conn, _attempt(prepared), settings, before_commit=on_commit)
     warnings = _warnings(result)
     if result.status == Status.APPLIED and emit is not None:
-        warnings.extend(_emit_applied(emit, prepared, result))
+        warnings.extend(_emit(emit, _event("schema_migration_applied", prepared, result)))
     return _finished(prepared, result, warnings, started)
 
 
@@ -305,7 +337,42 @@ def _ledger_written(ledger_id: str | None, status: LedgerStatus) -> list[dict[st
 
 def _preview(prepared: Prepared, started: float) -> Outcome:
     schema, migration = prepared.schema, prepared.migration
-    primary = {
+    response = output_envelope(
+        prepared.envelope,
+        status=Status.PREVIEW,
+        summary=(
+            f"Preview of schema v{schema.version}: {len(schema.tables)} tables, "
+            f"{len(migration.statements)} statements; nothing was executed."
+        ),
+        latency_ms=_elapsed_ms(started),
+        primary_outputs=_plan_outputs(prepared),
+    )
+    return _outcome(prepared, Status.PREVIEW, response)
+
+
+def _held(prepared: Prepared, emit: EventSink | None, started: float) -> Outcome:
+    """A request held for an approver: its plan is answered, nothing runs."""
+    schema = prepared.schema
+    warnings = (
+        [] if emit is None else _emit(emit, _event("schema_migration_pending_approval", prepared))
+    )
+    response = output_envelope(
+        prepared.envelope,
+        status=Status.PENDING_APPROVAL,
+        summary=(
+            f"Schema v{schema.version} ({len(schema.tables)} tables) waits for an approver; "
+            "nothing was executed."
+        ),
+        latency_ms=_elapsed_ms(started),
+        primary_outputs={**_plan_outputs(prepared), "warnings": warnings},
+    )
+    return _outcome(prepared, Status.PENDING_APPROVAL, response)
+
+
+def _plan_outputs(prepared: Prepared) -> dict[str, Any]:
+    """The primary outputs that describe a plan: its SQL and what it would create."""
+    schema, migration = prepared.schema, prepared.migration
+    return {
         **_counts(prepared),
         "schema_hash": prepared.schema_hash,
         "idempotency_key": prepared.idempotency_key,
@@ -324,17 +391,6 @@ def _preview(prepared: Prepared, started: float) -> Outcome:
         ],
         "warnings": [],
     }
-    response = output_envelope(
-        prepared.envelope,
-        status=Status.PREVIEW,
-        summary=(
-            f"Preview of schema v{schema.version}: {len(schema.tables)} tables, "
-            f"{len(migration.statements)} statements; nothing was executed."
-        ),
-        latency_ms=_elapsed_ms(started),
-        primary_outputs=primary,
-    )
-    return _outcome(prepared, Status.PREVIEW, response)
 
 
 def _finished(
@@ -430,24 +486,35 @@ def _existing_table_warnings(result: applying.ApplyResult) -> list[str]:
     ]
 
 
-def _emit_applied(emit: EventSink, prepared: Prepared, result: applying.ApplyResult) -> list[str]:
-    event = {
-        "event_type": "schema_migration_applied",
+def _event(
+    event_type: str, prepared: Prepared, result: applying.ApplyResult | None = None
+) -> dict[str, Any]:
+    """An event about `prepared` (and, for an apply, its `result`)."""
+    event: dict[str, Any] = {
+        "event_type": event_type,
         "workflow_name": "WF106",
         "workflow_run_id": prepared.envelope.workflow_run_id,
         "tenant_id": prepared.envelope.tenant_id,
         "schema_version": prepared.schema.version,
         "schema_hash": prepared.schema_hash,
         "table_count": len(prepared.schema.tables),
-        "migration_log_id": result.ledger_id,
-        "reapplied": result.reapplied,
-        "occurred_at": _iso(result.applied_at),
     }
+    if result is not None:
+        event["migration_log_id"] = result.ledger_id
+        event["reapplied"] = result.reapplied
+        event["occurred_at"] = _iso(result.applied_at)
+    else:
+        event["occurred_at"] = _iso(datetime.now(UTC))
+    return event
+
+
+def _emit(emit: EventSink, event: dict[str, Any]) -> list[str]:
+    """Hand `event` to the caller; a failure is a warning, never the request's error."""
     try:
         emit(event)
-    except Exception:  # the migration is committed; a lost event must not turn it into an error
-        logger.exception("emitting schema_migration_applied failed")
-        return ["The schema_migration_applied event could not be recorded."]
+    except Exception:  # an outcome must not turn into an error because its event was lost
+        logger.exception("emitting %s failed", event["event_type"])
+        return [f"The {event['event_type']} event could not be recorded."]
     return []
 
 

@@ -29,7 +29,7 @@ from builder.errors import ValidationIssue
 from builder.request.body import InvalidRequestJSON, parse_request_json
 from builder.request.envelope import output_envelope, parse_envelope
 from builder.status import Status
-from revos_schema import api_docs
+from revos_schema import api_docs, approvals
 from revos_schema.models import SchemaSubmission
 from revos_schema.services import OutcomeNotStored, store_unreadable, submit_envelope
 
@@ -62,10 +62,10 @@ class CanSubmitSchema(BasePermission):
 
 
 class WebhookView(APIView):
-    """Base of the WF106 views: token authentication, the permission, envelope-shaped errors."""
+    """Base of the WF106 views: token authentication and envelope-shaped errors."""
 
     authentication_classes = (WebhookTokenAuthentication,)
-    permission_classes = (IsAuthenticated, CanSubmitSchema)
+    permission_classes: tuple[type[BasePermission], ...] = (IsAuthenticated,)
 
     def get_exception_handler(self) -> Any:
         return envelope_exception_handler
@@ -74,6 +74,7 @@ class WebhookView(APIView):
 class SchemaBuilderView(WebhookView):
     """Validate, plan and apply one schema version (or preview it with `payload.dry_run`)."""
 
+    permission_classes = (IsAuthenticated, CanSubmitSchema)
     # Every other method is a 405 in the envelope shape: OPTIONS too (DRF would describe the
     # view; the API is described by its OpenAPI schema).
     http_method_names = ("post",)
@@ -87,34 +88,41 @@ class SchemaBuilderView(WebhookView):
             submission = store_unreadable(body, refused.data, source="api", actor=actor)
             return Response(_link(refused.data, submission), status=refused.status_code)
         try:
-            outcome, submission = submit_envelope(body, source="api", actor=actor)
-        except psycopg.OperationalError:
-            logger.exception("target database unavailable")
-            return _error_response(
-                status.HTTP_503_SERVICE_UNAVAILABLE,
-                Status.FAILED,
-                summary="The target database is unavailable; nothing was applied. Retry later.",
+            outcome, submission = submit_envelope(
+                body, source="api", actor=actor, user=request.user
             )
-        except OutcomeNotStored as exc:
-            logger.exception("storing the outcome of a submission failed")
-            return _error_response(
-                status.HTTP_500_INTERNAL_SERVER_ERROR,
-                Status.FAILED,
-                summary=(
-                    f"Internal error: the request was {exc.outcome.status}, but that could not be "
-                    "stored. The target database's migration ledger has the record; retrying the "
-                    "same request is safe."
-                ),
-            )
+        except (psycopg.OperationalError, OutcomeNotStored) as exc:
+            return _not_done(exc)
         return Response(_link(outcome.response, submission), status=outcome.http_status)
+
+
+def _not_done(exc: Exception) -> Response:
+    """The answer when the target was unreachable, or an outcome could not be stored."""
+    if isinstance(exc, OutcomeNotStored):
+        logger.exception("storing the outcome of a submission failed")
+        return _error_response(
+            status.HTTP_500_INTERNAL_SERVER_ERROR,
+            Status.FAILED,
+            summary=(
+                f"Internal error: the request was {exc.outcome.status}, but that could not be "
+                "stored. The target database's migration ledger has the record; retrying the "
+                "same request is safe."
+            ),
+        )
+    logger.exception("target database unavailable")
+    return _error_response(
+        status.HTTP_503_SERVICE_UNAVAILABLE,
+        Status.FAILED,
+        summary="The target database is unavailable; nothing was applied. Retry later.",
+    )
 
 
 class SubmissionStatusView(WebhookView):
     """Return the current status envelope of one stored submission.
 
-    An account reads the submissions it sent; one that holds `view_schemasubmission` (operators,
-    superusers) reads every submission. Any other is answered as if there were none: a 404 does
-    not tell another service which submissions exist.
+    An account reads the submissions it sent; one that holds `view_schemasubmission` or
+    `approve_schema` (operators, approvers, superusers) reads every submission. Any other is
+    answered as if there were none: a 404 does not tell another service which submissions exist.
     """
 
     http_method_names = ("get", "head")
@@ -129,15 +137,64 @@ class SubmissionStatusView(WebhookView):
         response = submission.response or _error_envelope(
             submission.status, summary=f"Submission is {submission.status}."
         )
-        response = {**response, "result": {**response["result"], "status": submission.status}}
-        return Response(_link(response, submission), status=status.HTTP_200_OK)
+        result = {**response["result"], "status": submission.status}
+        decision = approvals.decision_of(submission)
+        if decision is not None:
+            result["decision"] = decision
+        return Response(
+            _link({**response, "result": result}, submission), status=status.HTTP_200_OK
+        )
+
+
+class SubmissionDecisionView(WebhookView):
+    """Approve or reject a submission held for approval (`action` is set per URL).
+
+    The rules are `revos_schema.approvals`': the permission `revos_schema.approve_schema`, four
+    eyes, one decision per submission, and an approval applies exactly the stored plan.
+    """
+
+    http_method_names = ("post",)
+    action: str = ""
+
+    @extend_schema(**api_docs.DECIDE)
+    def post(self, request: Request, submission_id: str) -> Response:
+        reason = request.data.get("reason", "") if isinstance(request.data, dict) else None
+        if not isinstance(reason, str):
+            return _error_response(
+                status.HTTP_400_BAD_REQUEST,
+                Status.BLOCKED,
+                summary="The body must be a JSON object whose optional `reason` is a string.",
+            )
+        try:
+            if self.action == "approve":
+                outcome, submission = approvals.approve(
+                    submission_id, user=request.user, reason=reason
+                )
+                return Response(_link(outcome.response, submission), status=outcome.http_status)
+            submission = approvals.reject(submission_id, user=request.user, reason=reason)
+        except SchemaSubmission.DoesNotExist:
+            return _error_response(
+                status.HTTP_404_NOT_FOUND, "not_found", summary="No such submission."
+            )
+        except approvals.DecisionRefused as refused:
+            word = {400: Status.BLOCKED, 403: "forbidden", 409: Status.CONFLICT}
+            return _error_response(
+                refused.http_status, word[refused.http_status], summary=refused.message
+            )
+        except (psycopg.OperationalError, OutcomeNotStored) as exc:
+            return _not_done(exc)
+        assert submission.response is not None
+        return Response(_link(submission.response, submission), status=status.HTTP_200_OK)
 
 
 def _may_read(user: Any, submission: SchemaSubmission) -> bool:
-    """May `user` read `submission`: sent by this account, or held `view_schemasubmission`."""
+    """May `user` read `submission`: sent by this account, or it views or decides submissions."""
     if submission.source == SchemaSubmission.Source.API and submission.actor == user.get_username():
         return True
-    return bool(user.has_perm("revos_schema.view_schemasubmission"))
+    return bool(
+        user.has_perm("revos_schema.view_schemasubmission")
+        or user.has_perm(approvals.APPROVE_PERMISSION)
+    )
 
 
 def not_found(request: HttpRequest, exception: Exception) -> HttpResponse:

@@ -93,7 +93,9 @@ class SubjectSerializer(serializers.Serializer[Any]):
 
 class ContextSerializer(serializers.Serializer[Any]):
     actor_id = serializers.CharField(required=False)
-    validation_profile = serializers.ChoiceField(choices=["safe"], required=False)
+    validation_profile = serializers.ChoiceField(
+        choices=["safe", "review"], required=False, help_text="review: hold for an approver."
+    )
 
 
 class RequestEnvelopeSerializer(serializers.Serializer[Any]):
@@ -237,6 +239,11 @@ SUBMIT_SCHEMA: dict[str, Any] = {
     "request": RequestEnvelopeSerializer,
     "responses": {
         200: OpenApiResponse(_ENVELOPE, description="applied, noop or preview"),
+        202: OpenApiResponse(
+            _ENVELOPE,
+            description="pending_approval: held for an approver (profile review, or the "
+            "service requires approval); nothing was executed",
+        ),
         400: OpenApiResponse(_ENVELOPE, description="blocked: validation_errors lists them all"),
         401: OpenApiResponse(_ENVELOPE, description="missing or invalid token"),
         403: OpenApiResponse(_ENVELOPE, description="the account lacks submit_schema"),
@@ -254,12 +261,44 @@ SUBMISSION_STATUS: dict[str, Any] = {
     "responses": {
         200: OpenApiResponse(_ENVELOPE, description="the submission's envelope"),
         401: OpenApiResponse(_ENVELOPE, description="missing or invalid token"),
-        403: OpenApiResponse(_ENVELOPE, description="the account lacks submit_schema"),
         404: OpenApiResponse(
             _ENVELOPE,
             description="no such submission, or one this account did not send (and it lacks "
             "view_schemasubmission)",
         ),
         503: OpenApiResponse(_ENVELOPE, description="the service's database is unavailable"),
+    },
+}
+
+
+class DecisionSerializer(serializers.Serializer[Any]):
+    reason = serializers.CharField(
+        required=False, help_text="Why; required to reject, optional to approve."
+    )
+
+
+DECIDE: dict[str, Any] = {
+    "summary": "Approve (apply its stored plan) or reject a submission held for approval",
+    "request": DecisionSerializer,
+    "responses": {
+        200: OpenApiResponse(
+            _ENVELOPE,
+            description="approve: the apply's outcome (applied, noop); reject: rejected. "
+            "result.decision says who decided, when and why",
+        ),
+        400: OpenApiResponse(_ENVELOPE, description="reject without a reason"),
+        401: OpenApiResponse(_ENVELOPE, description="missing or invalid token"),
+        403: OpenApiResponse(
+            _ENVELOPE,
+            description="the account lacks approve_schema, or it submitted the request itself",
+        ),
+        404: OpenApiResponse(_ENVELOPE, description="no such submission"),
+        409: OpenApiResponse(
+            _ENVELOPE,
+            description="already decided, or the plan changed since it was shown (nothing ran); "
+            "approve may also answer the builder's conflict",
+        ),
+        500: OpenApiResponse(_ENVELOPE, description="failed: rolled back and recorded"),
+        503: OpenApiResponse(_ENVELOPE, description="a database is unavailable"),
     },
 }

@@ -13,6 +13,7 @@ import hashlib
 import uuid
 from typing import Any
 
+from django.conf import settings
 from django.db import connections, models, router
 
 from builder.status import LedgerStatus, Status
@@ -46,6 +47,11 @@ class SchemaPlan(models.Model):
     def digest_of(schema_hash: str, generated_sql: str) -> str:
         """The key of a plan: migration 0003 computes the same in SQL for the rows it moved."""
         return hashlib.sha256(f"{schema_hash}\n{generated_sql}".encode()).hexdigest()
+
+
+class Decision(models.TextChoices):
+    APPROVED = "approved", "Approved"
+    REJECTED = "rejected", "Rejected"
 
 
 class SchemaSubmission(models.Model):
@@ -90,6 +96,25 @@ class SchemaSubmission(models.Model):
         null=True, blank=True, help_text="The id of the ledger row in the target database."
     )
     error_message = models.TextField(blank=True, default="")
+    # Who sent it (an account of this service; the webhook's and the admin's requests have one).
+    submitted_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    # An approver's decision on a request held for approval.
+    decision = models.CharField(max_length=16, choices=Decision.choices, blank=True, default="")
+    decided_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    decided_at = models.DateTimeField(null=True, blank=True)
+    decision_reason = models.TextField(blank=True, default="")
 
     class Meta:
         ordering = ("-created_at",)

@@ -107,7 +107,7 @@ class OutcomeNotStored(Exception):
 
 
 def submit_envelope(
-    raw: object, *, source: str, actor: str = ""
+    raw: object, *, source: str, actor: str = "", user: Any = None, hold: bool = False
 ) -> tuple[Outcome, SchemaSubmission]:
     """Run the builder on the request, store it as a `SchemaSubmission`, return both.
 
@@ -116,12 +116,20 @@ def submit_envelope(
     target is on record even if this process dies before storing the outcome. The outcome then
     updates that row, in one transaction with the events the builder emitted (the
     `schema_migration_applied` event of an apply): an event is on record exactly when its
-    outcome is. Blocked, preview, noop and conflict answers never write to the target and are
-    stored once, in their final state. If the target database cannot be reached, the request is
-    stored as `failed` (503) and the error re-raised.
+    outcome is. Blocked, preview, held, noop and conflict answers never write to the target and
+    are stored once, in their final state. If the target database cannot be reached, the request
+    is stored as `failed` (503) and the error re-raised.
+
+    The request is held for an approver (`pending_approval`) when `hold` is true (an operator's
+    draft), when the setting `WF106_REQUIRE_APPROVAL` is on, or when its profile is `review`.
+    `user` is the account that sent it (its approver must be another one).
     """
     submission = SchemaSubmission(
-        source=source, actor=actor, envelope=_json(raw), status=SchemaSubmission.Status.RECEIVED
+        source=source,
+        actor=actor,
+        envelope=_json(raw),
+        status=SchemaSubmission.Status.RECEIVED,
+        submitted_by=user if getattr(user, "is_authenticated", False) else None,
     )
 
     def record_attempt(prepared: Prepared) -> None:
@@ -138,12 +146,13 @@ def submit_envelope(
                 settings=builder_settings(),
                 emit=events.append,
                 before_commit=record_attempt,
+                hold=hold or settings.WF106_REQUIRE_APPROVAL,
             )
     except psycopg.OperationalError as exc:
-        _store_unavailable(submission, exc)
+        store_unavailable(submission, exc)
         raise
     try:
-        _store_outcome(submission, outcome, events)
+        store_outcome(submission, outcome, events)
     except Exception as exc:
         raise OutcomeNotStored(outcome) from exc
     return outcome, submission
@@ -202,7 +211,7 @@ def _set_plan(submission: SchemaSubmission, planned: Prepared | Outcome) -> None
     )
 
 
-def _store_outcome(
+def store_outcome(
     submission: SchemaSubmission, outcome: Outcome, events: list[dict[str, Any]]
 ) -> None:
     """Store the outcome and its events in one transaction.
@@ -228,7 +237,7 @@ def _store_outcome(
         )
 
 
-def _store_unavailable(submission: SchemaSubmission, exc: psycopg.OperationalError) -> None:
+def store_unavailable(submission: SchemaSubmission, exc: psycopg.OperationalError) -> None:
     submission.status = Status.FAILED
     submission.http_status = 503
     submission.error_message = f"target database unavailable: {exc}"

@@ -144,6 +144,10 @@ WF106_STATEMENT_TIMEOUT_MS = env.int("WF106_STATEMENT_TIMEOUT_MS", default=120_0
 WF106_TARGET_POOL_SIZE = env.int("WF106_TARGET_POOL_SIZE", default=4)
 WF106_TARGET_POOL_TIMEOUT_S = env.float("WF106_TARGET_POOL_TIMEOUT_S", default=30.0)
 WF106_MAX_BODY_BYTES = env.int("WF106_MAX_BODY_BYTES", default=1024 * 1024)
+# Hold every request for an approver (as the `review` profile does), and whether a submitter may
+# approve or reject their own request (a single-operator install; off: four eyes).
+WF106_REQUIRE_APPROVAL = env.bool("WF106_REQUIRE_APPROVAL", default=False)
+WF106_ALLOW_SELF_APPROVAL = env.bool("WF106_ALLOW_SELF_APPROVAL", default=False)
 # Django refuses larger bodies itself (RequestDataTooBig), and the webhook answers 400.
 DATA_UPLOAD_MAX_MEMORY_SIZE = WF106_MAX_BODY_BYTES
 

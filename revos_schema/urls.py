@@ -2,7 +2,7 @@ from django.contrib import admin
 from django.urls import path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from revos_schema.api import SchemaBuilderView, SubmissionStatusView
+from revos_schema.api import SchemaBuilderView, SubmissionDecisionView, SubmissionStatusView
 
 handler404 = "revos_schema.api.not_found"
 
@@ -13,6 +13,16 @@ urlpatterns = [
         "wf106/schema-builder/submissions/<uuid:submission_id>",
         SubmissionStatusView.as_view(),
         name="wf106-submission",
+    ),
+    path(
+        "wf106/schema-builder/submissions/<uuid:submission_id>/approve",
+        SubmissionDecisionView.as_view(action="approve"),
+        name="wf106-submission-approve",
+    ),
+    path(
+        "wf106/schema-builder/submissions/<uuid:submission_id>/reject",
+        SubmissionDecisionView.as_view(action="reject"),
+        name="wf106-submission-reject",
     ),
     path("api/schema/", SpectacularAPIView.as_view(), name="openapi-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="openapi-schema"), name="api-docs"),

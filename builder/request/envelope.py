@@ -25,9 +25,10 @@ from builder.status import SUCCESS_STATUSES, Status
 
 WORKFLOW_NAME = "WF106"
 DEFAULT_TENANT = "global"
-# Risk gates (not built yet) will add profiles that hold or block changes; until then only the
-# default profile exists, and any other value is refused rather than silently treated as "safe".
-VALIDATION_PROFILES = ("safe",)
+# `safe` applies at once; `review` holds the request for an approver. Risk gates (not built yet)
+# will decide per change; any other value is refused rather than silently treated as "safe".
+REVIEW_PROFILE = "review"
+VALIDATION_PROFILES = ("safe", REVIEW_PROFILE)
 
 TOP_LEVEL_KEYS = ("meta", "subject", "payload", "context")
 META_STRING_KEYS = ("tenant_id", "idempotency_key", "workflow_run_id", "workflow_name")

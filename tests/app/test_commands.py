@@ -86,6 +86,7 @@ def test_schema_apply_says_what_happened_when_the_outcome_cannot_be_stored(
     assert row == ("success",)
 
 
+@pytest.mark.django_db(transaction=True)
 def test_schema_apply_to_an_unreachable_target_fails_with_a_message(target, monkeypatch, settings):
     from revos_schema import services
 
