@@ -18,6 +18,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
@@ -199,9 +200,13 @@ def _reserved_name_issues(schema: Schema) -> list[ValidationIssue]:
     ]
 
 
+Lender = Callable[[], AbstractContextManager[psycopg.Connection[Any]]]
+"""A function that lends a target connection for a `with` block (e.g. a pool's `connection`)."""
+
+
 def run_schema_builder(
     raw: object,
-    conn: psycopg.Connection[Any] | None,
+    conn: psycopg.Connection[Any] | Lender | None,
     *,
     settings: applying.ApplySettings | None = None,
     emit: EventSink | None = None,
@@ -210,9 +215,10 @@ def run_schema_builder(
 ) -> Outcome:
     """Handle one request envelope end to end and return its Outcome.
 
-    `conn` is an autocommit connection to the target database; it may be None only for a
-    request that turns out to be blocked, a `dry_run` preview, or held, which never touch the
-    target. A request is held for approval (`pending_approval`) when `hold` is true or its
+    `conn` is an autocommit connection to the target database, or a `Lender` that is asked for
+    one only when the request is going to be applied; it may be None only for a request that
+    turns out to be blocked, a `dry_run` preview, or held, which never touch the target. A
+    request is held for approval (`pending_approval`) when `hold` is true or its
     `context.validation_profile` is `review`; `apply_prepared` applies it once approved.
     `emit` receives the events of the answer (`schema_migration_applied`,
     `schema_migration_pending_approval`). `before_commit` is called once, with the prepared
@@ -237,9 +243,24 @@ def run_schema_builder(
         return _held(prepared, emit, started)
     if conn is None:
         raise ValueError("a connection to the target database is needed to apply")
-    return apply_prepared(
-        prepared, conn, settings=settings, emit=emit, before_commit=before_commit, started=started
-    )
+    if isinstance(conn, psycopg.Connection):
+        return apply_prepared(
+            prepared,
+            conn,
+            settings=settings,
+            emit=emit,
+            before_commit=before_commit,
+            started=started,
+        )
+    with conn() as lent:
+        return apply_prepared(
+            prepared,
+            lent,
+            settings=settings,
+            emit=emit,
+            before_commit=before_commit,
+            started=started,
+        )
 
 
 def apply_prepared(

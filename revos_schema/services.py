@@ -139,15 +139,16 @@ def submit_envelope(
 
     events: list[dict[str, Any]] = []
     try:
-        with target_connection() as conn:
-            outcome = run_schema_builder(
-                raw,
-                conn,
-                settings=builder_settings(),
-                emit=events.append,
-                before_commit=record_attempt,
-                hold=hold or settings.WF106_REQUIRE_APPROVAL,
-            )
+        # The target is reached only by a request that is going to be applied: a blocked,
+        # preview or held answer does not wait for an unreachable target.
+        outcome = run_schema_builder(
+            raw,
+            target_connection,
+            settings=builder_settings(),
+            emit=events.append,
+            before_commit=record_attempt,
+            hold=hold or settings.WF106_REQUIRE_APPROVAL,
+        )
     except psycopg.OperationalError as exc:
         store_unavailable(submission, exc)
         raise

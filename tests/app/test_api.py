@@ -570,3 +570,25 @@ def test_an_unreachable_service_database_is_503_with_the_envelope(
     assert "Retry later" in response.json()["result"]["summary"]
     assert "10.0.0.1" not in response.content.decode()  # no internals in the answer
     assert "service's database is unavailable" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [({"dry_run": True}, 200), ({"tables": "none"}, 400)],
+)
+def test_answers_that_need_no_target_do_not_wait_for_an_unreachable_one(
+    client, target, settings, monkeypatch, change, expected
+):
+    from revos_schema import services
+
+    monkeypatch.setattr(
+        services, "target_conninfo", lambda: "host=127.0.0.1 port=1 dbname=nope user=nobody"
+    )
+    settings.WF106_TARGET_POOL_TIMEOUT_S = 0.5
+    body = envelope([PATIENTS])
+    body["payload"].update(change)
+    try:
+        response = post(client, body)
+    finally:
+        services.close_target_pools()
+    assert response.status_code == expected
