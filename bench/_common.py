@@ -100,8 +100,8 @@ def print_header(title: str, *, conninfo: str | None, note: str = "") -> None:
     print(f"postgresql:  {version}")
     print(f"server:      {describe_server(target)}{' ' + note if note else ''}")
     print(
-        f"cpu speed:   {python_speed_ms():.1f} ms for a fixed pure-Python loop (best of 5; this "
-        "VM's speed varies\n             between sessions and within one: compare runs by it)"
+        f"cpu speed:   {python_speed_ms():.1f} ms for a fixed pure-Python loop (best of 5; a "
+        "shared VM's speed\n             varies from day to day and within a run: compare runs by it)"
     )
     print()
 
@@ -109,7 +109,7 @@ def print_header(title: str, *, conninfo: str | None, note: str = "") -> None:
 def python_speed_ms() -> float:
     """Time a fixed pure-Python workload (best of 5, ms): a yardstick for the machine's speed.
 
-    The sessions' machines differ by up to about 2x at Python; a benchmark's numbers are only
+    A shared machine's speed at Python varies, up to about 2x; a benchmark's numbers are only
     comparable across runs together with this one.
     """
     import timeit
@@ -240,12 +240,20 @@ def synthetic_table(i: int) -> dict[str, Any]:
         {"name": "payload", "type": "BYTEA"},
     ]
     assert len(columns) == COLUMNS_PER_TABLE
-    if i > 0:
-        columns[14]["references"] = {"table": f"entity_{i - 1:04d}"}
-        columns[15]["references"] = {"table": f"entity_{i // 2:04d}", "on_delete": "SET NULL"}
+    tenant_scoped = i % 10 != 9
+    # The builder refuses a reference from a global table into a tenant's rows: a global table
+    # references the global tables before it (the first one references none).
+    refs: tuple[int, ...] = ()
+    if tenant_scoped and i > 0:
+        refs = (i - 1, i // 2)
+    elif not tenant_scoped and i >= 19:
+        refs = (i - 10, 10 * (i // 20) + 9)
+    if refs:
+        columns[14]["references"] = {"table": f"entity_{refs[0]:04d}"}
+        columns[15]["references"] = {"table": f"entity_{refs[1]:04d}", "on_delete": "SET NULL"}
     return {
         "name": f"entity_{i:04d}",
-        "tenant_scoped": i % 10 != 9,
+        "tenant_scoped": tenant_scoped,
         "columns": columns,
         "indexes": [
             {"columns": ["name"]},

@@ -5,7 +5,7 @@ each with 20 caller columns (a mix of types, defaults, NOT NULL, a UNIQUE column
 to earlier tables), 3 caller indexes, and every 10th table not tenant-scoped. The builder adds
 its default columns (id, tenant_id, created_at, updated_at, deleted_at) and indexes.
 
-Target (issue): 1,000 tables x 20 columns in under 1 s (normalize + render), growing linearly.
+Target: 1,000 tables x 20 columns in under 1 s (normalize + render), growing linearly.
 
 What is timed (wall clock, median of N runs; nothing touches a database; the large schemas get
 only 5 runs, and prepare() a single one, to keep the whole script short):
@@ -13,9 +13,9 @@ only 5 runs, and prepare() a single one, to keep the whole script short):
 - render: `render_migration(schema)` as shipped; note that it calls `check_statements` itself
   before returning, so its time includes one pglast parse of every statement
 - check: `check_statements(migration.statements)` alone (the part of render that is the check)
-- prepare: `service.prepare(envelope)`, the whole pure-Python part of one request (envelope
+- prepare: `pipeline.prepare(envelope)`, the whole pure-Python part of one request (envelope
   parsing, normalize, render with its check, schema hash), with its plan cache emptied first
-  (an identical payload seen again is answered from the cache, see builder/service.py)
+  (an identical payload seen again is answered from the cache, see builder/pipeline.py)
 
 Every timed run starts with the builder's caches emptied and a garbage collection (untimed),
 so it costs what a first request with that payload costs.
@@ -41,16 +41,16 @@ from _common import (
 )
 from pglast.parser import parse_sql_json
 
-import builder.ddl
-import builder.drafts
-import builder.fields
-import builder.names
-import builder.normalize
-import builder.sqltypes
-from builder.ddl import order_tables, render_migration
-from builder.normalize import normalize_schema
-from builder.service import Prepared, clear_plan_cache, prepare
-from builder.sqlcheck import check_statements
+import builder.request.fields
+import builder.schema.drafts
+import builder.schema.names
+import builder.schema.normalize
+import builder.schema.sqltypes
+import builder.sql.render
+from builder.pipeline import Prepared, clear_plan_cache, prepare
+from builder.schema.normalize import normalize_schema
+from builder.sql.check import check_statements
+from builder.sql.render import render_migration
 
 SIZES = (250, 500, 1000)
 TARGET_MS = 1000.0
@@ -71,12 +71,12 @@ def repeats(tables: int) -> tuple[int, int]:
 
 
 BUILDER_MODULES = (
-    builder.names,
-    builder.fields,
-    builder.sqltypes,
-    builder.drafts,
-    builder.normalize,
-    builder.ddl,
+    builder.schema.names,
+    builder.request.fields,
+    builder.schema.sqltypes,
+    builder.schema.drafts,
+    builder.schema.normalize,
+    builder.sql.render,
 )
 
 
@@ -139,9 +139,8 @@ def main() -> None:
         t_check = cold(lambda m=migration: check_statements(m.statements))
         # render_migration with its own internal check_statements replaced by a no-op: the pure
         # text-generation cost.
-        with mock.patch.object(builder.ddl, "check_statements", lambda statements: None):
+        with mock.patch.object(builder.sql.render, "check_statements", lambda statements: None):
             t_text = cold(lambda s=schema: render_migration(s))
-        t_order = cold(lambda s=schema: order_tables(s))
         t_json = cold(lambda m=migration: libpg_query_parse(m.statements))
         # prepare() is the sum of the steps above (plus hashing); to keep the run short it is
         # timed once for the synthetic schemas.
@@ -170,7 +169,6 @@ def main() -> None:
             [
                 label,
                 t_text.median,
-                t_order.median,
                 t_render.median - t_text.median,
                 t_check.median,
                 t_prepare.median,
@@ -206,7 +204,6 @@ def main() -> None:
         [
             "schema",
             "render text only",
-            "of which order_tables",
             "render's own check",
             "check alone",
             "prepare() total",
@@ -218,9 +215,8 @@ def main() -> None:
     )
     print(
         "render text only: render_migration with its internal check_statements patched out.\n"
-        "order_tables: the table ordering step inside render.\n"
         "render's own check: render ms minus render text only.\n"
-        "prepare() total: service.prepare(envelope) = envelope + normalize + render (with its\n"
+        "prepare() total: pipeline.prepare(envelope) = envelope + normalize + render (with its\n"
         "check) + schema_hash: the pure-Python part of a request.\n"
         "libpg_query JSON parse: for reference only, the same statements (each, then joined)\n"
         "parsed by pglast.parser.parse_sql_json, i.e. the C parser without pglast's Python AST.\n"

@@ -50,9 +50,9 @@ from _common import (
 )
 from psycopg import sql
 
-from builder.apply import ApplySettings
-from builder.names import policy_name
-from builder.service import run_schema_builder
+from builder.db.apply import ApplySettings
+from builder.pipeline import run_schema_builder
+from builder.schema.names import policy_name
 
 ROWS = 1_000_000
 TENANTS = 200
