@@ -101,7 +101,7 @@ def print_header(title: str, *, conninfo: str | None, note: str = "") -> None:
     print(f"server:      {describe_server(target)}{' ' + note if note else ''}")
     print(
         f"cpu speed:   {python_speed_ms():.1f} ms for a fixed pure-Python loop (best of 5; a "
-        "shared VM's speed\n             varies from day to day and within a run: compare runs by it)"
+        "shared VM's speed\n             varies from day to day: compare runs by it)"
     )
     print()
 
