@@ -31,6 +31,7 @@ from builder.request.envelope import output_envelope, parse_envelope
 from builder.status import Status
 from revos_schema import api_docs, approvals
 from revos_schema.models import SchemaSubmission
+from revos_schema.selectors import holds_permission
 from revos_schema.services import OutcomeNotStored, store_unreadable, submit_envelope
 
 logger = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ class CanSubmitSchema(BasePermission):
     message = "This account lacks the permission revos_schema.submit_schema."
 
     def has_permission(self, request: Request, view: APIView) -> bool:
-        return bool(request.user and request.user.has_perm(SUBMIT_PERMISSION))
+        return bool(request.user and holds_permission(request.user, SUBMIT_PERMISSION))
 
 
 class WebhookView(APIView):

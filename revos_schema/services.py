@@ -10,7 +10,7 @@ from __future__ import annotations
 import atexit
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import psycopg
@@ -206,10 +206,14 @@ def _set_plan(submission: SchemaSubmission, planned: Prepared | Outcome) -> None
     submission.schema_hash = planned.schema_hash or ""
     submission.idempotency_key = planned.idempotency_key or ""
     script = "" if planned.migration is None else planned.migration.script
-    submission.plan, _ = SchemaPlan.objects.get_or_create(
-        digest=SchemaPlan.digest_of(submission.schema_hash, script),
-        defaults={"normalized_schema": planned.schema.to_dict(), "generated_sql": script},
-    )
+    digest = SchemaPlan.digest_of(submission.schema_hash, script)
+    # Most requests repeat a stored plan (a retry, a noop): look for it without reading it.
+    if not SchemaPlan.objects.filter(digest=digest).exists():
+        plan = SchemaPlan(
+            digest=digest, normalized_schema=planned.schema.to_dict(), generated_sql=script
+        )
+        SchemaPlan.objects.bulk_create([plan], ignore_conflicts=True)  # another may race us
+    submission.plan_id = digest
 
 
 def store_outcome(
@@ -226,16 +230,22 @@ def store_outcome(
     submission.validation_errors = outcome.validation_errors
     submission.error_message = outcome.error or ""
     submission.migration_log_id = outcome.migration_log_id
-    with transaction.atomic():
+    # One row alone needs no transaction of its own; the outcome and its events share one.
+    with transaction.atomic() if events else nullcontext():
         if submission._state.adding:
             _set_plan(submission, outcome)
             submission.save(force_insert=True)
         else:
             submission.save(update_fields=OUTCOME_FIELDS)
-        SchemaEvent.objects.bulk_create(
-            SchemaEvent(event_type=event["event_type"], submission=submission, payload=event)
-            for event in events
-        )
+        if events:
+            SchemaEvent.objects.bulk_create(
+                [
+                    SchemaEvent(
+                        event_type=event["event_type"], submission=submission, payload=event
+                    )
+                    for event in events
+                ]
+            )
 
 
 def store_unavailable(submission: SchemaSubmission, exc: psycopg.OperationalError) -> None:

@@ -161,3 +161,31 @@ def test_an_unknown_token_is_refused(target):
     Token.objects.create(user=account("direct"))
     with pytest.raises(AuthenticationFailed):
         WebhookTokenAuthentication().authenticate_credentials("0" * 40)
+
+
+@pytest.mark.parametrize("kind", [*KINDS, "superuser-inactive", "direct-inactive"])
+@pytest.mark.parametrize("codename", ["submit_schema", "approve_schema", "view_schemaplan"])
+def test_the_permission_selector_agrees_with_has_perm(kind, codename):
+    from revos_schema.selectors import holds_permission
+
+    user = account(kind.removesuffix("-inactive"))
+    if kind.endswith("-inactive"):
+        user.is_active = False
+        user.save()
+    fresh = User.objects.get(pk=user.pk)  # has_perm caches what it loaded on the instance
+    permission = f"revos_schema.{codename}"
+    assert holds_permission(fresh, permission) == User.objects.get(pk=user.pk).has_perm(permission)
+
+
+def test_with_another_backend_the_selector_asks_has_perm(settings):
+    from revos_schema.selectors import holds_permission
+
+    settings.AUTHENTICATION_BACKENDS = [
+        "django.contrib.auth.backends.ModelBackend",
+        "django.contrib.auth.backends.AllowAllUsersModelBackend",
+    ]
+    user = User.objects.get(pk=account("group").pk)
+    with CaptureQueriesContext(connection) as queries:
+        assert holds_permission(user, "revos_schema.submit_schema") is True
+    assert queries.captured_queries  # has_perm's own queries
+    assert not any("SELECT EXISTS" in q["sql"] for q in queries.captured_queries)
