@@ -6,7 +6,7 @@ reference note's:
 
     USING (tenant_id::text = current_setting('app.current_tenant_id', true))
 
-The builder's (as rendered by builder/ddl.py, unchanged) is
+The builder's (as rendered by builder/sql/render.py, unchanged) is
 
     USING (tenant_id = (SELECT nullif(current_setting('app.current_tenant_id', true), '')::uuid))
 
@@ -28,7 +28,7 @@ transferring and decoding the rows) and on the server (EXPLAIN (ANALYZE, TIMING 
 Time). The plan of each query (first sampled tenant) shows whether the tenant predicate is an
 index condition or a filter on every row read.
 
-Target (issue): the generated policy is served by an index and is 20x faster or more. The
+Target: the generated policy is served by an index and is 20x faster or more. The
 verdict uses the client timings; the server-side speedup is printed next to it.
 """
 
