@@ -212,3 +212,150 @@ class MigrationLedgerEntry(models.Model):
             cursor.execute("SELECT to_regclass(%s) IS NOT NULL", [cls._meta.db_table])
             row = cursor.fetchone()
         return bool(row and row[0])
+
+
+class SchemaDraft(models.Model):
+    """A schema request being written by an operator in the admin, before it is submitted.
+
+    Its tables, columns and indexes are rows of their own so that the admin can edit them as
+    nested forms; `revos_schema.drafts` turns a draft into the request envelope and back. Values
+    are kept as the operator wrote them (names are not converted to snake_case, types not made
+    canonical): the builder does that, and reports its problems against these fields.
+    """
+
+    class Profile(models.TextChoices):
+        SAFE = "safe", "safe (the webhook applies it at once)"
+        REVIEW = "review", "review (the webhook holds it for an approver)"
+
+    version = models.CharField(
+        max_length=255,
+        help_text="payload.schema_version: 1-64 characters of A-Z a-z 0-9 . _ - (e.g. 042).",
+    )
+    description = models.TextField(help_text="payload.description: what this version is for.")
+    validation_profile = models.CharField(
+        max_length=16,
+        choices=Profile.choices,
+        blank=True,
+        default="",
+        help_text=(
+            "context.validation_profile, for the exported file. Submitting from the admin always "
+            "holds the request for an approver."
+        ),
+    )
+    envelope_extra = models.JSONField(
+        "other envelope fields",
+        default=dict,
+        blank=True,
+        help_text=(
+            'The envelope\'s "meta", "subject" and "context" objects (without '
+            "validation_profile), kept as imported and sent as they are. Example: "
+            '{"meta": {"tenant_id": "t_001"}}.'
+        ),
+    )
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        editable=False,
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    # The submission that "Submit for approval" made last (a draft may be submitted again).
+    last_submission = models.ForeignKey(
+        SchemaSubmission,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        editable=False,
+    )
+
+    class Meta:
+        ordering = ("-updated_at",)
+        verbose_name = "schema draft"
+
+    def __str__(self) -> str:
+        return f"draft v{self.version}"
+
+
+class DraftTable(models.Model):
+    """A table of a draft; `position` is its place in `payload.tables`."""
+
+    draft = models.ForeignKey(SchemaDraft, on_delete=models.CASCADE, related_name="tables")
+    name = models.CharField(max_length=255, help_text="Converted to snake_case by the builder.")
+    tenant_scoped = models.BooleanField(
+        default=True,
+        help_text="Unticked: a global table, shared by all tenants (no tenant_id, no policy).",
+    )
+    position = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ("position", "id")
+        verbose_name = "table"
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class DraftColumn(models.Model):
+    """A column of a draft table; NULL in an optional field means the key is not sent."""
+
+    class OnDelete(models.TextChoices):
+        NO_ACTION = "no action", "no action"
+        RESTRICT = "restrict", "restrict"
+        CASCADE = "cascade", "cascade"
+        SET_NULL = "set null", "set null"
+        SET_DEFAULT = "set default", "set default"
+
+    table = models.ForeignKey(DraftTable, on_delete=models.CASCADE, related_name="columns")
+    name = models.CharField(max_length=255)
+    type = models.CharField(max_length=255, help_text="e.g. TEXT, UUID, NUMERIC(12,2), TEXT[]")
+    not_null = models.BooleanField(default=False)
+    unique = models.BooleanField(default=False)
+    # NULL is "no default"; "" is an (empty) default as written, which the builder refuses.
+    default = models.TextField(  # noqa: DJ001
+        null=True,
+        blank=True,
+        help_text="SQL text: 'booked' (quoted), 0, true, now(), gen_random_uuid() ...",
+    )
+    references_table = models.CharField(  # noqa: DJ001
+        "references table",
+        max_length=255,
+        null=True,
+        blank=True,
+        help_text="A table of this draft (tables of earlier versions cannot be referenced yet).",
+    )
+    references_column = models.CharField(  # noqa: DJ001
+        "column", max_length=255, null=True, blank=True, help_text="Empty: id."
+    )
+    on_delete = models.CharField(  # noqa: DJ001
+        max_length=16, choices=OnDelete.choices, null=True, blank=True
+    )
+    position = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ("position", "id")
+        verbose_name = "column"
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class DraftIndex(models.Model):
+    """An index of a draft table; without a name the builder generates one."""
+
+    table = models.ForeignKey(DraftTable, on_delete=models.CASCADE, related_name="indexes")
+    name = models.CharField(max_length=255, null=True, blank=True)  # noqa: DJ001
+    columns = models.JSONField(default=list, help_text="Column names, separated by commas.")
+    unique = models.BooleanField(default=False)
+    position = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ("position", "id")
+        verbose_name = "index"
+        verbose_name_plural = "indexes"
+
+    def __str__(self) -> str:
+        return self.name or f"index on {', '.join(map(str, self.columns))}"

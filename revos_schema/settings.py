@@ -50,6 +50,8 @@ INSTALLED_APPS = [
     "rest_framework.authtoken",
     "drf_spectacular",
     "drf_spectacular_sidecar",
+    # Nested inlines for the draft editor (tables > columns, indexes); its JS and CSS ship with it.
+    "nested_admin",
     "revos_schema",
 ]
 

@@ -281,15 +281,27 @@ def test_setup_roles_creates_the_groups_once_and_restores_their_permissions():
     call_command("setup_roles", stdout=out)
     assert "Created the group Approvers" in out.getvalue()
     approvers = Group.objects.get(name="Approvers")
-    assert {p.codename for p in approvers.permissions.all()} == {
-        "approve_schema",
+    view_all = {
         "view_schemasubmission",
         "view_schemaplan",
         "view_schemaevent",
         "view_migrationledgerentry",
+        "view_schemadraft",
+        "view_drafttable",
+        "view_draftcolumn",
+        "view_draftindex",
     }
-    assert "submit_schema" in {
-        p.codename for p in Group.objects.get(name="Authors").permissions.all()
+    assert {p.codename for p in approvers.permissions.all()} == {"approve_schema", *view_all}
+    assert {p.codename for p in Group.objects.get(name="Viewers").permissions.all()} == view_all
+    # Authors write drafts (a draft and its tables, columns and indexes) and submit them.
+    assert {p.codename for p in Group.objects.get(name="Authors").permissions.all()} == {
+        "submit_schema",
+        *view_all,
+        *(
+            f"{action}_{model}"
+            for model in ("schemadraft", "drafttable", "draftcolumn", "draftindex")
+            for action in ("add", "change", "delete")
+        ),
     }
     assert (
         not Group.objects.get(name="Viewers")

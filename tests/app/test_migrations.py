@@ -11,7 +11,6 @@ from revos_schema.models import SchemaPlan
 APP = "revos_schema"
 BEFORE = [(APP, "0002_holds_permission_function")]
 AFTER = [(APP, "0003_schema_plan")]
-LATEST = [(APP, "0004_drop_holds_permission_function")]
 
 
 def migrate(targets: list[tuple[str, str]]) -> MigrationExecutor:
@@ -24,7 +23,9 @@ def migrate(targets: list[tuple[str, str]]) -> MigrationExecutor:
 @pytest.fixture
 def back_to_latest():
     yield
-    migrate(LATEST)  # whatever the test left, the next tests get the current schema
+    # Whatever the test left, the next tests get the current schema: the app's newest migration.
+    executor = MigrationExecutor(connection)
+    migrate(executor.loader.graph.leaf_nodes(APP))
 
 
 @pytest.mark.django_db(transaction=True)

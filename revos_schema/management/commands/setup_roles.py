@@ -1,8 +1,11 @@
 """`manage.py setup_roles`: create the operators' groups with their permissions (idempotent).
 
-- Authors: write and submit schemas (the webhook's `submit_schema`), see the submissions.
+- Authors: write drafts in the admin (add, change, delete them) and submit schemas (the
+  webhook's `submit_schema`, which the admin's "Submit for approval" needs too), see everything.
 - Approvers: approve or reject pending submissions (`approve_schema`), see everything.
 - Viewers: see everything, change nothing.
+
+The admin's login needs `is_staff` as well, which is a property of the account, not of a group.
 
 Running it again brings each group's permissions back to exactly these, and says what changed.
 """
@@ -15,14 +18,20 @@ from django.contrib.auth.models import Group, Permission
 from django.core.management.base import BaseCommand, CommandError
 
 APP = "revos_schema"
+# A draft and its parts: the admin's nested forms need the permissions of each.
+DRAFT_MODELS = ("schemadraft", "drafttable", "draftcolumn", "draftindex")
 VIEW_ALL = (
     "view_schemasubmission",
     "view_schemaplan",
     "view_schemaevent",
     "view_migrationledgerentry",
+    *(f"view_{model}" for model in DRAFT_MODELS),
+)
+EDIT_DRAFTS = tuple(
+    f"{action}_{model}" for model in DRAFT_MODELS for action in ("add", "change", "delete")
 )
 ROLES: dict[str, tuple[str, ...]] = {
-    "Authors": ("submit_schema", *VIEW_ALL),
+    "Authors": ("submit_schema", *EDIT_DRAFTS, *VIEW_ALL),
     "Approvers": ("approve_schema", *VIEW_ALL),
     "Viewers": VIEW_ALL,
 }
