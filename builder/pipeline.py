@@ -32,6 +32,7 @@ from builder.errors import SchemaValidationError, UnsafeSQLError, ValidationIssu
 from builder.request.body import canonical_dumps
 from builder.request.envelope import (
     REVIEW_PROFILE,
+    WORKFLOW_NAME,
     Envelope,
     idempotency_key,
     output_envelope,
@@ -513,7 +514,7 @@ def _event(
     """An event about `prepared` (and, for an apply, its `result`)."""
     event: dict[str, Any] = {
         "event_type": event_type,
-        "workflow_name": "WF106",
+        "workflow_name": WORKFLOW_NAME,
         "workflow_run_id": prepared.envelope.workflow_run_id,
         "tenant_id": prepared.envelope.tenant_id,
         "schema_version": prepared.schema.version,

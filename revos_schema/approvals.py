@@ -24,7 +24,7 @@ from django.utils import timezone
 
 from builder.pipeline import Outcome, Prepared, apply_prepared, prepare
 from builder.request.body import sha256_prefixed
-from builder.request.envelope import output_envelope, parse_envelope
+from builder.request.envelope import WORKFLOW_NAME, output_envelope, parse_envelope
 from builder.status import Status
 from revos_schema import services
 from revos_schema.models import Decision, SchemaEvent, SchemaSubmission
@@ -174,7 +174,7 @@ def _record_event(submission: SchemaSubmission, event_type: str) -> None:
         submission=submission,
         payload={
             "event_type": event_type,
-            "workflow_name": "WF106",
+            "workflow_name": WORKFLOW_NAME,
             "tenant_id": submission.tenant_id,
             "schema_version": submission.schema_version,
             "schema_hash": submission.schema_hash,

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -140,7 +140,7 @@ def apply_attempt(
     if isinstance(result, ledger.LedgerRow):  # found under the lock: nothing ran
         status = Status.CONFLICT if result.schema_hash != attempt.schema_hash else Status.NOOP
         return _found(status, result, started)
-    return result
+    return replace(result, db_ms=_elapsed_ms(started))
 
 
 def _apply_locked(
@@ -152,7 +152,6 @@ def _apply_locked(
 ) -> ApplyResult | ledger.LedgerRow:
     """The body of the apply's transaction; return the version's row if it is applied already."""
     target = settings.target_schema
-    started = time.monotonic()
     _set_local(conn, "lock_timeout", f"{settings.lock_wait_ms}ms")
     conn.execute(_TAKE_LOCK, [advisory_lock_key(target)])
     _set_local(conn, "lock_timeout", f"{settings.lock_timeout_ms}ms")
@@ -194,7 +193,6 @@ def _apply_locked(
         existing_tables=tuple(name for name in tables if name in before),
         isolation_gaps=tuple(gaps),
         reapplied=existing is not None,
-        db_ms=_elapsed_ms(started),
     )
 
 
