@@ -13,13 +13,12 @@ commands call. Its stages follow the folders of this package:
 
 from __future__ import annotations
 
-import functools
 import logging
 import threading
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
@@ -27,8 +26,11 @@ import psycopg
 from cachetools import LRUCache, cached
 
 from builder.db import apply as applying
+from builder.db import introspect
 from builder.db.ledger import LEDGER_TABLE
 from builder.errors import SchemaValidationError, UnsafeSQLError, ValidationIssue
+from builder.evolve.plan import Plan, catalog_names, make_plan, tables_needing_rows
+from builder.evolve.risk import Verdict, gate
 from builder.request.body import canonical_dumps
 from builder.request.envelope import (
     REVIEW_PROFILE,
@@ -38,6 +40,7 @@ from builder.request.envelope import (
     output_envelope,
     parse_envelope,
 )
+from builder.schema.names import UPDATED_AT_FUNCTION
 from builder.schema.normalize import normalize_schema, schema_hash
 from builder.schema.spec import Schema
 from builder.sql.render import Migration, render_migration
@@ -63,6 +66,7 @@ class Outcome:
     validation_errors: list[dict[str, str]] = field(default_factory=list)
     migration_log_id: str | None = None
     error: str | None = None
+    plan: Plan | None = None
 
     @property
     def http_status(self) -> int:
@@ -217,15 +221,16 @@ def run_schema_builder(
     """Handle one request envelope end to end and return its Outcome.
 
     `conn` is an autocommit connection to the target database, or a `Lender` that is asked for
-    one only when the request is going to be applied; it may be None only for a request that
-    turns out to be blocked, a `dry_run` preview, or held, which never touch the target. A
-    request is held for approval (`pending_approval`) when `hold` is true or its
-    `context.validation_profile` is `review`; `apply_prepared` applies it once approved.
+    one only once the request is valid. The plan is made against the target's catalog: a
+    `dry_run` reads it without any lock and answers the plan; otherwise the apply plans under
+    its lock and the risk gate decides (`builder.evolve.risk`): applied, held for approval
+    (`pending_approval`: always when `hold` is true, as for an operator's draft), or blocked.
+    With `conn` None, a `dry_run` or a held request is planned against an empty database.
     `emit` receives the events of the answer (`schema_migration_applied`,
     `schema_migration_pending_approval`). `before_commit` is called once, with the prepared
-    request (its schema and SQL), after its script ran and before the target commits (see
-    `builder.db.apply.apply_attempt`); never for blocked, preview, held, noop and conflict
-    answers.
+    request (its schema and the plan's SQL), after the plan ran and before the target commits
+    (see `builder.db.apply.apply_attempt`); never for blocked, preview, held, noop and
+    conflict answers.
     """
     settings = settings or applying.ApplySettings()
     started = time.monotonic()
@@ -238,30 +243,72 @@ def run_schema_builder(
         return _unsafe_sql(envelope, str(exc), started)
     if isinstance(prepared, Rejected):
         return _blocked(prepared.envelope, prepared.issues, started)
-    if envelope.dry_run:
-        return _preview(prepared, started)
-    if hold or envelope.validation_profile == REVIEW_PROFILE:
-        return _held(prepared, emit, started)
+    held = hold or envelope.validation_profile == REVIEW_PROFILE
     if conn is None:
+        plan = offline_plan(prepared, settings.target_schema)
+        if envelope.dry_run:
+            return _preview(prepared, plan, started)
+        if held:
+            return _held(prepared, plan, None, emit, started)
         raise ValueError("a connection to the target database is needed to apply")
     if isinstance(conn, psycopg.Connection):
-        return apply_prepared(
-            prepared,
-            conn,
-            settings=settings,
-            emit=emit,
-            before_commit=before_commit,
-            started=started,
-        )
+        return _against_target(prepared, conn, settings, emit, before_commit, held, started)
     with conn() as lent:
-        return apply_prepared(
-            prepared,
-            lent,
-            settings=settings,
-            emit=emit,
-            before_commit=before_commit,
-            started=started,
-        )
+        return _against_target(prepared, lent, settings, emit, before_commit, held, started)
+
+
+def _against_target(
+    prepared: Prepared,
+    conn: psycopg.Connection[Any],
+    settings: applying.ApplySettings,
+    emit: EventSink | None,
+    before_commit: Callable[[Prepared], None] | None,
+    hold: bool,
+    started: float,
+) -> Outcome:
+    if prepared.envelope.dry_run:
+        plan = plan_against(conn, prepared.schema, settings.target_schema)
+        return _preview(prepared, plan, started)
+    return apply_prepared(
+        prepared,
+        conn,
+        settings=settings,
+        emit=emit,
+        before_commit=before_commit,
+        started=started,
+        hold=hold,
+    )
+
+
+def offline_plan(prepared: Prepared, target_schema: str = "public") -> Plan:
+    """The plan of `prepared` against an empty database (its SQL is the prepared migration)."""
+    catalog = introspect.Catalog(schema=target_schema)
+    return make_plan(prepared.schema, catalog, occupied=frozenset(), check=False)
+
+
+def plan_against(conn: psycopg.Connection[Any], schema: Schema, target_schema: str) -> Plan:
+    """Read the target's catalog (no lock) and plan `schema` against it.
+
+    What `schema_diff`, a `dry_run` and the admin's preview show; an apply plans again under
+    its lock.
+    """
+    live = introspect.read_catalog(
+        conn, target_schema, catalog_names(schema), functions=[UPDATED_AT_FUNCTION]
+    )
+    occupied = introspect.tables_with_rows(conn, target_schema, tables_needing_rows(schema, live))
+    return make_plan(schema, live, occupied=occupied)
+
+
+def preview_verdict(prepared: Prepared, plan: Plan, *, hold: bool = False) -> Verdict:
+    """What the risk gate would decide about `plan` for this request."""
+    envelope = prepared.envelope
+    return gate(
+        plan.risk,
+        blockers=len(plan.blockers),
+        profile=envelope.validation_profile,
+        allow_destructive=prepared.schema.allow_destructive,
+        hold=hold,
+    )
 
 
 def apply_prepared(
@@ -272,34 +319,56 @@ def apply_prepared(
     emit: EventSink | None = None,
     before_commit: Callable[[Prepared], None] | None = None,
     started: float | None = None,
+    hold: bool = False,
+    approved_checksum: str | None = None,
 ) -> Outcome:
-    """Apply a plan made by `prepare` (for example a held request, once approved).
+    """Plan `prepared` against the target under its lock and apply it if the gate lets it.
 
     The same last stage as `run_schema_builder`'s, with the same `emit` and `before_commit`.
+    `approved_checksum` is the checksum of a plan an approver accepted: it is applied whatever
+    its risk, if the plan made under the lock is still exactly that one (otherwise `conflict`).
     """
     settings = settings or applying.ApplySettings()
     started = time.monotonic() if started is None else started
-    on_commit = None if before_commit is None else functools.partial(before_commit, prepared)
-    result = applying.apply_attempt(conn, _attempt(prepared), settings, before_commit=on_commit)
+
+    def on_commit(plan: Plan) -> None:
+        if before_commit is not None:
+            before_commit(replace(prepared, migration=plan.migration))
+
+    result = applying.apply_attempt(
+        conn,
+        _attempt(prepared, hold=hold, approved_checksum=approved_checksum),
+        settings,
+        before_commit=None if before_commit is None else on_commit,
+    )
+    if result.status == Status.PENDING_APPROVAL:
+        assert result.plan is not None
+        return _held(prepared, result.plan, result.verdict, emit, started)
+    if result.status == Status.BLOCKED:
+        assert result.plan is not None and result.verdict is not None
+        return _gate_blocked(prepared, result.plan, result.verdict, started)
     warnings = _warnings(result)
     if result.status == Status.APPLIED and emit is not None:
         warnings.extend(_emit(emit, _event("schema_migration_applied", prepared, result)))
     return _finished(prepared, result, warnings, started)
 
 
-def _attempt(prepared: Prepared) -> applying.Attempt:
+def _attempt(
+    prepared: Prepared, *, hold: bool = False, approved_checksum: str | None = None
+) -> applying.Attempt:
     envelope = prepared.envelope
-    migration = prepared.migration
     return applying.Attempt(
         schema=prepared.schema,
-        script=migration.script,
-        checksum=migration.checksum,
         schema_hash=prepared.schema_hash,
         idempotency_key=prepared.idempotency_key,
         tenant_id=envelope.tenant_id,
         actor_id=envelope.actor_id,
         workflow_run_id=envelope.workflow_run_id,
         force=envelope.force_apply,
+        profile=envelope.validation_profile,
+        hold=hold,
+        approved=approved_checksum is not None,
+        expected_checksum=approved_checksum,
     )
 
 
@@ -357,43 +426,89 @@ def _ledger_written(ledger_id: str | None, status: LedgerStatus) -> list[dict[st
     return [{"table": LEDGER_TABLE, "record_id": ledger_id, "status": str(status)}]
 
 
-def _preview(prepared: Prepared, started: float) -> Outcome:
-    schema, migration = prepared.schema, prepared.migration
+def _preview(prepared: Prepared, plan: Plan, started: float) -> Outcome:
+    schema, migration = prepared.schema, plan.migration
+    verdict = preview_verdict(prepared, plan)
     response = output_envelope(
         prepared.envelope,
         status=Status.PREVIEW,
         summary=(
-            f"Preview of schema v{schema.version}: {len(schema.tables)} tables, "
-            f"{len(migration.statements)} statements; nothing was executed."
+            f"Preview of schema v{schema.version}: {len(plan.operations)} operations, "
+            f"{len(migration.statements)} statements, risk {plan.risk}; nothing was executed."
         ),
         latency_ms=_elapsed_ms(started),
-        primary_outputs=_plan_outputs(prepared),
+        primary_outputs={**_plan_outputs(prepared, plan), "decision": str(verdict.decision)},
     )
-    return _outcome(prepared, Status.PREVIEW, response)
+    return _outcome(prepared, Status.PREVIEW, response, plan=plan)
 
 
-def _held(prepared: Prepared, emit: EventSink | None, started: float) -> Outcome:
+def _held(
+    prepared: Prepared,
+    plan: Plan,
+    verdict: Verdict | None,
+    emit: EventSink | None,
+    started: float,
+) -> Outcome:
     """A request held for an approver: its plan is answered, nothing runs."""
     schema = prepared.schema
     warnings = (
         [] if emit is None else _emit(emit, _event("schema_migration_pending_approval", prepared))
     )
+    why = "" if verdict is None else f" {verdict.reason}"
     response = output_envelope(
         prepared.envelope,
         status=Status.PENDING_APPROVAL,
         summary=(
-            f"Schema v{schema.version} ({len(schema.tables)} tables) waits for an approver; "
-            "nothing was executed."
+            f"Schema v{schema.version} ({len(schema.tables)} tables, risk {plan.risk}) waits "
+            f"for an approver; nothing was executed.{why.replace(' it waits for an approver', '')}"
         ),
         latency_ms=_elapsed_ms(started),
-        primary_outputs={**_plan_outputs(prepared), "warnings": warnings},
+        primary_outputs={**_plan_outputs(prepared, plan), "warnings": warnings},
     )
-    return _outcome(prepared, Status.PENDING_APPROVAL, response)
+    return _outcome(prepared, Status.PENDING_APPROVAL, response, plan=plan)
 
 
-def _plan_outputs(prepared: Prepared) -> dict[str, Any]:
-    """The primary outputs that describe a plan: its SQL and what it would create."""
-    schema, migration = prepared.schema, prepared.migration
+def _gate_blocked(prepared: Prepared, plan: Plan, verdict: Verdict, started: float) -> Outcome:
+    """A plan the risk gate refuses (a blocker, or destruction the payload does not allow)."""
+    issues = [
+        ValidationIssue(
+            path=f"payload.tables[{_table_index(prepared.schema, op.table)}]"
+            if _table_index(prepared.schema, op.table) is not None
+            else "payload",
+            code=str(op.rule or "plan_not_applicable"),
+            message=op.blocker or "",
+        )
+        for op in plan.blockers
+    ]
+    if not issues:
+        issues = [
+            ValidationIssue(
+                path="payload.allow_destructive",
+                code=verdict.code or "destructive_not_allowed",
+                message=verdict.reason
+                + " Destructive: "
+                + "; ".join(op.description for op in plan.operations if op.risk == "destructive"),
+            )
+        ]
+    errors = [i.to_dict() for i in issues]
+    response = output_envelope(
+        prepared.envelope,
+        status=Status.BLOCKED,
+        summary=f"The plan is blocked: {verdict.reason}",
+        latency_ms=_elapsed_ms(started),
+        primary_outputs=_plan_outputs(prepared, plan),
+        result_extra={"validation_errors": errors},
+    )
+    return _outcome(prepared, Status.BLOCKED, response, plan=plan, validation_errors=errors)
+
+
+def _table_index(schema: Schema, name: str) -> int | None:
+    return next((i for i, t in enumerate(schema.tables) if t.name == name), None)
+
+
+def _plan_outputs(prepared: Prepared, plan: Plan) -> dict[str, Any]:
+    """The primary outputs that describe a plan: its operations, SQL and risk report."""
+    migration = plan.migration
     return {
         **_counts(prepared),
         "schema_hash": prepared.schema_hash,
@@ -401,16 +516,8 @@ def _plan_outputs(prepared: Prepared) -> dict[str, Any]:
         "checksum": migration.checksum,
         "statement_count": len(migration.statements),
         "sql": migration.script,
-        "plan": [
-            {
-                "table": t.name,
-                "action": "create_table_if_not_exists",
-                "columns": [c.name for c in t.columns],
-                "indexes": [i.name for i in t.indexes],
-                "tenant_scoped": t.tenant_scoped,
-            }
-            for t in schema.tables
-        ],
+        "plan": [op.to_dict() for op in plan.operations],
+        "risk": plan.report(),
         "warnings": [],
     }
 
@@ -422,20 +529,32 @@ def _finished(
     primary = _applying_outputs(prepared, result.ledger_id, warnings)
     extra: dict[str, Any] = {}
     applied_at = _iso(result.applied_at)
+    if result.plan is not None and result.status in (Status.APPLIED, Status.FAILED):
+        primary["plan"] = [op.to_dict() for op in result.plan.operations]
+        primary["risk"] = result.plan.report()
+    if result.verification is not None:
+        primary["verification"] = result.verification
+    if result.steps:
+        primary["steps"] = list(result.steps)
     if result.status == Status.APPLIED:
         primary["tables_created"] = len(result.tables_created)
         primary["indexes_created"] = len(result.indexes_created)
         primary["reapplied"] = result.reapplied
         verb = "Re-applied" if result.reapplied else "Applied"
+        operations = 0 if result.plan is None else len(result.plan.operations)
         summary = (
             f"{verb} schema v{version}: {len(prepared.schema.tables)} tables "
-            f"({len(result.tables_created)} created)."
+            f"({len(result.tables_created)} created), {operations} operations."
         )
     elif result.status == Status.NOOP:
         extra["already_applied_at"] = applied_at
         summary = (
             f"Schema v{version} with this exact definition was already applied at {applied_at}."
         )
+    elif result.status == Status.CONFLICT and result.plan is not None:
+        extra["error"] = result.error
+        primary["plan"] = [op.to_dict() for op in result.plan.operations]
+        summary = f"Schema v{version} was not applied: {result.error}"
     elif result.status == Status.CONFLICT:
         extra["conflict"] = {
             "applied_schema_hash": result.applied_schema_hash,
@@ -466,11 +585,22 @@ def _finished(
         external_calls=[{"service": "postgresql", "latency_ms": result.db_ms}],
     )
     return _outcome(
-        prepared, result.status, response, migration_log_id=result.ledger_id, error=result.error
+        prepared,
+        result.status,
+        response,
+        plan=result.plan,
+        migration_log_id=result.ledger_id,
+        error=result.error,
     )
 
 
-def _outcome(prepared: Prepared, status: Status, response: dict[str, Any], **extra: Any) -> Outcome:
+def _outcome(
+    prepared: Prepared,
+    status: Status,
+    response: dict[str, Any],
+    plan: Plan | None = None,
+    **extra: Any,
+) -> Outcome:
     return Outcome(
         status=status,
         response=response,
@@ -478,7 +608,8 @@ def _outcome(prepared: Prepared, status: Status, response: dict[str, Any], **ext
         schema=prepared.schema,
         schema_hash=prepared.schema_hash,
         idempotency_key=prepared.idempotency_key,
-        migration=prepared.migration,
+        migration=prepared.migration if plan is None else plan.migration,
+        plan=plan,
         **extra,
     )
 
@@ -495,17 +626,15 @@ def _counts(prepared: Prepared) -> dict[str, Any]:
 
 
 def _warnings(result: applying.ApplyResult) -> list[str]:
-    return [*_existing_table_warnings(result), *result.isolation_gaps]
-
-
-def _existing_table_warnings(result: applying.ApplyResult) -> list[str]:
-    # CREATE TABLE IF NOT EXISTS leaves an existing table as it is; until the catalog diff is
-    # built, say so instead of letting the caller believe the columns were changed.
-    return [
-        f"Table {name!r} already existed; its columns were left unchanged "
-        "(comparing existing tables with the schema is not built yet)."
-        for name in result.existing_tables
-    ]
+    warnings = list(result.isolation_gaps)
+    if result.plan is not None:
+        warnings.extend(result.plan.notes)
+    if result.verification is not None and not result.verification["ok"]:
+        warnings.append(
+            "Verification found differences between the database and the schema: "
+            + "; ".join(result.verification["differences"])
+        )
+    return warnings
 
 
 def _event(

@@ -7,13 +7,16 @@ the rules live here once:
 - four eyes: the decider is not the submitter, superusers included, unless the setting
   `WF106_ALLOW_SELF_APPROVAL` is on (403 otherwise);
 - only a `pending_approval` submission can be decided, once (409 otherwise);
-- what is approved is what was shown: the builder plans the stored request again, and if the
-  plan's hash or SQL differ from the stored plan, the approval is refused (409) and nothing runs;
+- what is approved is what was shown: the stored request must normalize to the same schema hash
+  (409 otherwise), and the apply plans it again against the target under its lock: if that plan's
+  SQL differs from the one shown (the database changed in between), nothing runs and the
+  answer is `conflict` (409);
 - a rejection has a reason (400 otherwise).
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import replace
 from typing import Any
 
@@ -99,7 +102,11 @@ def approve(submission_id: Any, *, user: Any, reason: str = "") -> tuple[Outcome
     try:
         with services.target_connection() as conn:
             outcome = apply_prepared(
-                prepared, conn, settings=services.builder_settings(), emit=events.append
+                prepared,
+                conn,
+                settings=services.builder_settings(),
+                emit=events.append,
+                approved_checksum=hashlib.sha256(submission.generated_sql.encode()).hexdigest(),
             )
     except psycopg.OperationalError as exc:
         services.store_unavailable(submission, exc)
@@ -145,18 +152,15 @@ _DECISION_FIELDS = ("decision", "decided_by", "decided_at", "decision_reason", "
 
 
 def _same_plan(submission: SchemaSubmission) -> Prepared:
-    """Plan the stored request again; refuse (409) unless it is exactly the stored plan."""
+    """Prepare the stored request again; refuse (409) unless its schema is the stored one."""
     prepared = prepare(submission.envelope, target_schema=services.builder_settings().target_schema)
     if not isinstance(prepared, Prepared):
         raise DecisionRefused(409, "The stored request no longer passes validation.")
-    if (
-        prepared.schema_hash != submission.schema_hash
-        or prepared.migration.script != submission.generated_sql
-    ):
+    if prepared.schema_hash != submission.schema_hash:
         raise DecisionRefused(
             409,
-            "The plan for this request has changed since it was shown (its schema hash or SQL "
-            "differ); nothing was run. Submit it again to review the new plan.",
+            "The schema of this request has changed since it was shown (its hash differs); "
+            "nothing was run. Submit it again to review the new plan.",
         )
     return prepared
 

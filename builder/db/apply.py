@@ -4,15 +4,23 @@ An apply is a straight line, like Django's schema editor inside `transaction.ato
 
 1. Without any lock, one read of the ledger: a version already applied with the same hash is a
    noop, answered at once (the common case of a service that retries).
-2. One transaction: wait at most `lock_wait_ms` for the target's advisory lock (so two identical
+2. One transaction: wait at most `lock_wait_ms` for the target's advisory lock (so two
    requests cannot both apply, and two first applies cannot race on creating the ledger); set
    `lock_timeout` and `statement_timeout`; create the ledger if it is missing; read the
-   version's row again (noop or conflict); read which of the schema's tables and indexes exist;
-   run the script; if some of them existed, read what in them lets tenants reach each other's
-   data (`catalog.tenant_isolation_gaps`); insert the ledger row; call the caller's
-   `before_commit`; commit. Either all of it commits or none of it does.
-3. On a database error: the transaction is rolled back (the target is exactly as before), and a
-   `failed` row with the error is recorded in a transaction of its own.
+   version's row again (noop or conflict); read the catalog of the tables the schema names and
+   plan against it (`builder.evolve.plan`): under the lock, so that two versions changing the
+   same table plan one after the other; let the risk gate decide (`builder.evolve.risk`): a plan
+   that is held or blocked ends here and nothing runs; run the plan's statements; if tables
+   existed, read what in them lets tenants reach each other's data
+   (`catalog.tenant_isolation_gaps`); insert the ledger row; call the caller's `before_commit`;
+   commit. Either all of it commits or none of it does.
+3. After COMMIT, outside the transaction and one at a time: the plan's concurrent index builds
+   and constraint validations; a failure there runs the operation's cleanup (an index left
+   invalid is dropped). Then the catalog is read back and compared with the schema
+   (`verification`); the steps and the verification are written to the ledger row, which says
+   `failed` if a step failed (the version can then be sent again to finish it).
+4. On a database error in the transaction: it is rolled back (the target is exactly as
+   before), and a `failed` row with the error is recorded in a transaction of its own.
 """
 
 from __future__ import annotations
@@ -26,8 +34,12 @@ from typing import Any
 import psycopg
 from psycopg.pq import TransactionStatus
 
-from builder.db import catalog, ledger
+from builder.db import catalog, introspect, ledger
 from builder.errors import CallerFailed
+from builder.evolve.plan import Plan, catalog_names, make_plan, tables_needing_rows
+from builder.evolve.risk import SAFE_PROFILE, Decision, Verdict, gate
+from builder.evolve.verify import verify
+from builder.schema.names import UPDATED_AT_FUNCTION
 from builder.schema.spec import Schema
 from builder.status import LedgerStatus, Status
 
@@ -49,17 +61,24 @@ class ApplySettings:
 
 @dataclass(frozen=True)
 class Attempt:
-    """One request to apply `script` for `schema`."""
+    """One request to bring the target to `schema`.
+
+    `profile`, `hold` and `approved` are the risk gate's inputs (`builder.evolve.risk.gate`).
+    `expected_checksum`, for an approved plan, is the checksum of the plan that was approved: if
+    the plan made under the lock differs, nothing runs (`Status.CONFLICT`).
+    """
 
     schema: Schema
-    script: str
-    checksum: str
     schema_hash: str
     idempotency_key: str
     tenant_id: str | None = None
     actor_id: str | None = None
     workflow_run_id: str | None = None
     force: bool = False
+    profile: str = SAFE_PROFILE
+    hold: bool = False
+    approved: bool = False
+    expected_checksum: str | None = None
 
 
 @dataclass(frozen=True)
@@ -77,6 +96,10 @@ class ApplyResult:
     error: str | None = None
     db_ms: int = 0
     reapplied: bool = False
+    plan: Plan | None = None
+    verdict: Verdict | None = None
+    steps: tuple[dict[str, Any], ...] = ()
+    verification: dict[str, Any] | None = None
 
     @property
     def ledger_status(self) -> LedgerStatus:
@@ -96,15 +119,15 @@ def apply_attempt(
     attempt: Attempt,
     settings: ApplySettings,
     *,
-    before_commit: Callable[[], None] | None = None,
+    before_commit: Callable[[Plan], None] | None = None,
 ) -> ApplyResult:
     """Apply `attempt` on `conn` (autocommit, idle) and record it; never raise for DB errors.
 
-    `before_commit` is called once, inside the transaction, after the script and its ledger row
-    ran and before the commit: a caller records the attempt there, so that a committed change is
-    always on its record too. If it raises, the transaction is rolled back, a `failed` ledger row
-    says why, and `CallerFailed` is raised from its exception. It is not called for a noop or a
-    conflict.
+    `before_commit` is called once with the plan, inside the transaction, after the plan's
+    statements and its ledger row ran and before the commit: a caller records the attempt there,
+    so that a committed change is always on its record too. If it raises, the transaction is
+    rolled back, a `failed` ledger row says why, and `CallerFailed` is raised from its exception.
+    It is not called for a noop, a conflict, or a plan the gate holds or blocks.
     """
     if conn.info.transaction_status != TransactionStatus.IDLE:
         raise ValueError("apply_attempt needs an idle connection (no transaction in progress)")
@@ -120,26 +143,32 @@ def apply_attempt(
             existing = None  # decided again, and reported, under the lock
         if existing is not None and existing.schema_hash == attempt.schema_hash:
             return _found(Status.NOOP, existing, started)
+    planned: list[Plan] = []  # the plan made under the lock, for the record of a failure
     try:
         with conn.transaction():
-            result = _apply_locked(conn, attempt, settings, not ledger_found, before_commit)
+            result = _apply_locked(
+                conn, attempt, settings, not ledger_found, before_commit, planned
+            )
     except _CallerError as failure:
         error = f"rolled back: recording the attempt failed: {failure.__cause__!r}"
-        _record_failure(conn, attempt, settings, error, started)
+        _record_failure(conn, attempt, planned, settings, error, started)
         raise CallerFailed(error) from failure.__cause__
     except psycopg.Error as exc:
         error = describe_error(exc)
-        ledger_id, applied_at = _record_failure(conn, attempt, settings, error, started)
+        ledger_id, applied_at = _record_failure(conn, attempt, planned, settings, error, started)
         return ApplyResult(
             status=Status.FAILED,
             ledger_id=ledger_id,
             applied_at=applied_at,
             error=error,
             db_ms=_elapsed_ms(started),
+            plan=planned[0] if planned else None,
         )
     if isinstance(result, ledger.LedgerRow):  # found under the lock: nothing ran
         status = Status.CONFLICT if result.schema_hash != attempt.schema_hash else Status.NOOP
         return _found(status, result, started)
+    if result.status == Status.APPLIED:
+        result = _after_commit(conn, attempt, settings, result)
     return replace(result, db_ms=_elapsed_ms(started))
 
 
@@ -148,7 +177,8 @@ def _apply_locked(
     attempt: Attempt,
     settings: ApplySettings,
     create_ledger: bool,
-    before_commit: Callable[[], None] | None,
+    before_commit: Callable[[Plan], None] | None,
+    planned: list[Plan],
 ) -> ApplyResult | ledger.LedgerRow:
     """The body of the apply's transaction; return the version's row if it is applied already."""
     target = settings.target_schema
@@ -158,21 +188,53 @@ def _apply_locked(
     _set_local(conn, "statement_timeout", f"{settings.statement_timeout_ms}ms")
     if create_ledger:
         ledger.ensure_ledger(conn, target)
-    existing = ledger.find_applied(conn, target, attempt.schema.version)
-    if existing is not None and (existing.schema_hash != attempt.schema_hash or not attempt.force):
-        return existing
-    tables = [t.name for t in attempt.schema.tables]
-    indexes = [i.name for t in attempt.schema.tables for i in t.indexes]
-    before = catalog.existing_relations(conn, target, [*tables, *indexes])
+    existing_row = ledger.find_applied(conn, target, attempt.schema.version)
+    if existing_row is not None and (
+        existing_row.schema_hash != attempt.schema_hash or not attempt.force
+    ):
+        return existing_row
+    schema = attempt.schema
+    live = introspect.read_catalog(
+        conn, target, catalog_names(schema), functions=[UPDATED_AT_FUNCTION]
+    )
+    occupied = introspect.tables_with_rows(conn, target, tables_needing_rows(schema, live))
+    plan = make_plan(schema, live, occupied=occupied)
+    planned.append(plan)
+    verdict = gate(
+        plan.risk,
+        blockers=len(plan.blockers),
+        profile=attempt.profile,
+        allow_destructive=schema.allow_destructive,
+        hold=attempt.hold,
+        approved=attempt.approved,
+    )
+    if verdict.decision != Decision.APPLY:
+        status = Status.PENDING_APPROVAL if verdict.decision == Decision.HOLD else Status.BLOCKED
+        return ApplyResult(status=status, plan=plan, verdict=verdict)
+    if attempt.expected_checksum is not None and plan.migration.checksum != (
+        attempt.expected_checksum
+    ):
+        return ApplyResult(
+            status=Status.CONFLICT,
+            plan=plan,
+            verdict=verdict,
+            error="The plan made against the database now differs from the approved plan "
+            "(the database changed in between); nothing was executed.",
+        )
     script_started = time.monotonic()
-    conn.execute(attempt.script.encode())
-    tenant_tables = [t.name for t in attempt.schema.tables if t.tenant_scoped]
-    gaps = catalog.tenant_isolation_gaps(conn, target, tenant_tables) if before else []
-    created_tables = tuple(name for name in tables if name not in before)
-    created_indexes = tuple(name for name in indexes if name not in before)
+    if plan.transaction_statements:
+        conn.execute(plan.transaction_script.encode())
+    tenant_tables = [t.name for t in schema.tables if t.tenant_scoped]
+    existing = [name for name in plan.existing_tables if name in tenant_tables]
+    gaps = catalog.tenant_isolation_gaps(conn, target, tenant_tables) if existing else []
+    created_tables = tuple(op.table for op in plan.operations if op.action == "create_table")
+    created_indexes = tuple(
+        i.name for t in schema.tables if t.name in created_tables for i in t.indexes
+    ) + tuple(op.subject for op in plan.operations if op.action == "add_index")
     row = _ledger_row(
         attempt,
-        LedgerStatus.REAPPLIED if existing is not None else LedgerStatus.SUCCESS,
+        plan,
+        LedgerStatus.REAPPLIED if existing_row is not None else LedgerStatus.SUCCESS,
         execution_ms=_elapsed_ms(script_started),
         tables_created=created_tables,
         indexes_created=created_indexes,
@@ -180,7 +242,7 @@ def _apply_locked(
     ledger_id, applied_at = ledger.insert_row(conn, target, row)
     if before_commit is not None:
         try:
-            before_commit()
+            before_commit(plan)
         except Exception as exc:
             raise _CallerError() from exc
     return ApplyResult(
@@ -190,10 +252,102 @@ def _apply_locked(
         applied_schema_hash=attempt.schema_hash,
         tables_created=created_tables,
         indexes_created=created_indexes,
-        existing_tables=tuple(name for name in tables if name in before),
+        existing_tables=plan.existing_tables,
         isolation_gaps=tuple(gaps),
-        reapplied=existing is not None,
+        reapplied=existing_row is not None,
+        plan=plan,
+        verdict=verdict,
     )
+
+
+def _after_commit(
+    conn: psycopg.Connection[Any], attempt: Attempt, settings: ApplySettings, result: ApplyResult
+) -> ApplyResult:
+    """Run the plan's steps that cannot run in a transaction, verify, and record both."""
+    plan = result.plan
+    assert plan is not None and result.ledger_id is not None
+    target = settings.target_schema
+    steps: list[dict[str, Any]] = []
+    failures: list[str] = []
+    if plan.after_commit_statements:
+        _set_session(conn, settings)
+        try:
+            for op in plan.operations:
+                _run_steps(conn, op.after_commit, op.cleanup, steps, failures)
+        finally:
+            _reset_session(conn)
+    verification = verify(conn, attempt.schema, target)
+    status = LedgerStatus.FAILED if failures else result.ledger_status
+    error = None
+    if failures:
+        error = (
+            f"The transaction committed; after COMMIT {len(failures)} step(s) failed and were "
+            "cleaned up: " + " | ".join(failures)
+        )
+    metadata = {"steps": steps, "verification": verification}
+    try:
+        ledger.update_after_commit(
+            conn, target, result.ledger_id, status=status, error_message=error, metadata=metadata
+        )
+    except psycopg.Error as exc:
+        error = (error + "\n" if error else "") + (
+            f"Recording the steps on the ledger row failed: {describe_error(exc)}"
+        )
+    return replace(
+        result,
+        status=Status.FAILED if failures else result.status,
+        error=error,
+        steps=tuple(steps),
+        verification=verification,
+    )
+
+
+def _run_steps(
+    conn: psycopg.Connection[Any],
+    statements: tuple[str, ...],
+    cleanup: tuple[str, ...],
+    steps: list[dict[str, Any]],
+    failures: list[str],
+) -> None:
+    """Run one operation's after-COMMIT statements in order; on a failure, its cleanup."""
+    for statement in statements:
+        started = time.monotonic()
+        try:
+            conn.execute(statement.encode())
+        except psycopg.Error as exc:
+            error = describe_error(exc)
+            steps.append({"sql": statement, "status": "failed", "error": error})
+            failures.append(f"{statement.splitlines()[0]}: {error.splitlines()[0]}")
+            for undo in cleanup:
+                try:
+                    conn.execute(undo.encode())
+                    steps.append({"sql": undo, "status": "ran", "cleanup": True})
+                except psycopg.Error as undo_exc:
+                    steps.append(
+                        {
+                            "sql": undo,
+                            "status": "failed",
+                            "cleanup": True,
+                            "error": describe_error(undo_exc),
+                        }
+                    )
+            skipped = statements[statements.index(statement) + 1 :]
+            steps.extend({"sql": s, "status": "skipped"} for s in skipped)
+            return
+        steps.append({"sql": statement, "status": "ran", "ms": _elapsed_ms(started)})
+
+
+def _set_session(conn: psycopg.Connection[Any], settings: ApplySettings) -> None:
+    conn.execute("SELECT set_config('lock_timeout', %s, false)", [f"{settings.lock_timeout_ms}ms"])
+    conn.execute(
+        "SELECT set_config('statement_timeout', %s, false)", [f"{settings.statement_timeout_ms}ms"]
+    )
+
+
+def _reset_session(conn: psycopg.Connection[Any]) -> None:
+    if not (conn.closed or conn.broken):
+        conn.execute("RESET lock_timeout")
+        conn.execute("RESET statement_timeout")
 
 
 class _CallerError(Exception):
@@ -222,6 +376,7 @@ def _found(status: Status, row: ledger.LedgerRow, started: float) -> ApplyResult
 def _record_failure(
     conn: psycopg.Connection[Any],
     attempt: Attempt,
+    planned: list[Plan],
     settings: ApplySettings,
     error: str,
     started: float,
@@ -230,7 +385,11 @@ def _record_failure(
     if conn.closed or conn.broken:
         return None, None
     row = _ledger_row(
-        attempt, LedgerStatus.FAILED, execution_ms=_elapsed_ms(started), error_message=error
+        attempt,
+        planned[0] if planned else None,
+        LedgerStatus.FAILED,
+        execution_ms=_elapsed_ms(started),
+        error_message=error,
     )
     try:
         with conn.transaction():
@@ -242,6 +401,7 @@ def _record_failure(
 
 def _ledger_row(
     attempt: Attempt,
+    plan: Plan | None,
     status: LedgerStatus,
     *,
     execution_ms: int,
@@ -256,7 +416,14 @@ def _ledger_row(
         "indexes": [i.name for t in schema.tables for i in t.indexes],
         "workflow_run_id": attempt.workflow_run_id,
         "force_apply": attempt.force,
+        "schema": schema.to_dict(),
     }
+    if plan is not None:
+        metadata["plan"] = [
+            {"action": op.action, "table": op.table, "subject": op.subject, "risk": str(op.risk)}
+            for op in plan.operations
+        ]
+        metadata["risk"] = str(plan.risk)
     if status != LedgerStatus.FAILED:
         metadata["tables_created"] = list(tables_created)
         metadata["indexes_created"] = list(indexes_created)
@@ -264,9 +431,9 @@ def _ledger_row(
         version=schema.version,
         description=schema.description,
         applied_by=attempt.actor_id,
-        checksum=attempt.checksum,
+        checksum=plan.migration.checksum if plan is not None else "",
         status=status,
-        sql_script=attempt.script,
+        sql_script=plan.migration.script if plan is not None else "",
         schema_hash=attempt.schema_hash,
         idempotency_key=attempt.idempotency_key,
         tenant_id=attempt.tenant_id,

@@ -152,3 +152,25 @@ def _row_values(row: NewLedgerRow) -> dict[str, Any]:
         "error_message": row.error_message,
         "execution_ms": row.execution_ms,
     }
+
+
+_UPDATE_AFTER_COMMIT = sql.SQL(
+    'UPDATE {table} SET "status" = %s, "error_message" = %s, "metadata" = "metadata" || %s '
+    'WHERE "id" = %s'
+)
+
+
+def update_after_commit(
+    conn: psycopg.Connection[Any],
+    target_schema: str,
+    ledger_id: str,
+    *,
+    status: LedgerStatus,
+    error_message: str | None,
+    metadata: dict[str, Any],
+) -> None:
+    """Record what happened after an apply's COMMIT (its steps, its verification) on its row."""
+    conn.execute(
+        _UPDATE_AFTER_COMMIT.format(table=ledger_table(target_schema)),
+        [str(status), error_message, Jsonb(metadata), ledger_id],
+    )

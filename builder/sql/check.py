@@ -54,6 +54,25 @@ ALLOWED_ALTER_TABLE_COMMANDS = frozenset(
 )
 """`ALTER TABLE` sub-commands the generator emits."""
 
+EVOLUTION_STATEMENTS = ALLOWED_STATEMENTS | {"CreatePolicyStmt", "DropStmt"}
+"""Top-level statement kinds of a plan that changes existing tables (`builder.evolve.plan`)."""
+
+EVOLUTION_ALTER_TABLE_COMMANDS = ALLOWED_ALTER_TABLE_COMMANDS | {
+    "AT_AddColumn",
+    "AT_AlterColumnType",
+    "AT_ColumnDefault",
+    "AT_DropColumn",
+    "AT_DropConstraint",
+    "AT_DropNotNull",
+    "AT_EnableTrig",
+    "AT_SetNotNull",
+    "AT_ValidateConstraint",
+}
+"""`ALTER TABLE` sub-commands of such a plan."""
+
+EVOLUTION_DROP_OBJECTS = frozenset({"OBJECT_TABLE", "OBJECT_INDEX"})
+"""What such a plan may drop (never with CASCADE)."""
+
 # Top-level statements whose tree is decoded and looked into; the others are allowed by kind.
 _DEEP_CHECKED = frozenset({"AlterTableStmt", "CreateFunctionStmt", "DoStmt"})
 
@@ -96,13 +115,14 @@ class _Statement(NamedTuple):
         return node
 
 
-def check_statements(statements: Sequence[str]) -> None:
+def check_statements(statements: Sequence[str], *, evolution: bool = False) -> None:
     """Raise `UnsafeSQLError` unless every statement is one allowed, well-formed statement.
 
     The statements are parsed joined by `;` as one script, and each statement the parser finds
     must start and end exactly where one of ours does: a script built from them cannot merge two
     statements into one (a trailing line comment would swallow the `;`) or split one into two.
     Only when the script is wrong are the statements parsed one by one, to name the one at fault.
+    `evolution` allows the statements that change existing tables as well.
     """
     try:
         parsed = _parse(";\n".join(statements))
@@ -120,7 +140,7 @@ def check_statements(statements: Sequence[str]) -> None:
         try:
             if found.location != location or found.length not in (size, None):
                 raise UnsafeSQLError("the parser does not see it as one whole statement")
-            _check_statement(found, statement)
+            _check_statement(found, statement, evolution)
         except (ParseError, UnsafeSQLError) as exc:
             raise UnsafeSQLError(f"statements[{index}]: {exc}") from exc
         location += size + 2  # ";\n"
@@ -161,15 +181,20 @@ def _parse(sql: str) -> list[_Statement]:
     return statements
 
 
-def _check_statement(found: _Statement, statement: str) -> None:
+def _check_statement(found: _Statement, statement: str, evolution: bool = False) -> None:
     """Check one parsed top-level statement (`statement` is its text)."""
-    if found.kind not in ALLOWED_STATEMENTS:
+    if found.kind not in (EVOLUTION_STATEMENTS if evolution else ALLOWED_STATEMENTS):
         raise UnsafeSQLError(f"statement kind {found.kind} is not allowed")
+    if found.kind == "DropStmt":
+        _check_drop(found.node())
+        return
     if found.kind not in _DEEP_CHECKED:
         return
     node = found.node()
     if found.kind == "AlterTableStmt":
-        _check_alter_table(node)
+        _check_alter_table(
+            node, EVOLUTION_ALTER_TABLE_COMMANDS if evolution else ALLOWED_ALTER_TABLE_COMMANDS
+        )
     elif found.kind == "DoStmt":
         _check_plpgsql(_DO_WRAPPER.format(body=_string_literal(_do_body(node))))
     else:
@@ -188,11 +213,22 @@ def _parse_one(statement: str, allowed: frozenset[str]) -> _Statement:
     return parsed[0]
 
 
-def _check_alter_table(node: dict[str, Any]) -> None:
+def _check_alter_table(
+    node: dict[str, Any], allowed: frozenset[str] = ALLOWED_ALTER_TABLE_COMMANDS
+) -> None:
     for command in node.get("cmds", []):
         subtype = command["AlterTableCmd"]["subtype"]
-        if subtype not in ALLOWED_ALTER_TABLE_COMMANDS:
+        if subtype not in allowed:
             raise UnsafeSQLError(f"ALTER TABLE command {subtype} is not allowed")
+        if command["AlterTableCmd"].get("behavior") == "DROP_CASCADE":
+            raise UnsafeSQLError("CASCADE is not allowed")
+
+
+def _check_drop(node: dict[str, Any]) -> None:
+    if node.get("removeType") not in EVOLUTION_DROP_OBJECTS:
+        raise UnsafeSQLError(f"DROP of {node.get('removeType')} is not allowed")
+    if node.get("behavior") == "DROP_CASCADE":
+        raise UnsafeSQLError("DROP ... CASCADE is not allowed")
 
 
 def _check_plpgsql(function_sql: str) -> None:

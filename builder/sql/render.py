@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from psycopg import sql
 
 from builder.schema import names
-from builder.schema.spec import ON_DELETE_ACTIONS, Column, ForeignKey, Schema, Table
+from builder.schema.spec import ON_DELETE_ACTIONS, Column, ForeignKey, Index, Schema, Table
 from builder.sql.check import check_statements
 
 TENANT_COLUMN = "tenant_id"
@@ -47,7 +47,7 @@ SQL_CREATE_TABLE = "CREATE TABLE IF NOT EXISTS {table} (\n{definition}\n)"
 SQL_COLUMN = "    {column} {type}"
 SQL_PRIMARY_KEY = "    CONSTRAINT {name} PRIMARY KEY ({columns})"
 SQL_UNIQUE = "    CONSTRAINT {name} UNIQUE ({columns})"
-SQL_CREATE_INDEX = "CREATE {unique}INDEX IF NOT EXISTS {name} ON {table} ({columns})"
+SQL_CREATE_INDEX = "CREATE {unique}INDEX {name} ON {table} ({columns})"
 SQL_ENABLE_RLS = "ALTER TABLE {table} ENABLE ROW LEVEL SECURITY"
 SQL_FORCE_RLS = "ALTER TABLE {table} FORCE ROW LEVEL SECURITY"
 SQL_DO = "DO {body}"
@@ -219,17 +219,24 @@ def render_indexes(table: Table, target_schema: str) -> list[str]:
 
     A unique index of a tenant-scoped table is unique per tenant: it leads with `tenant_id`.
     """
-    return [
-        SQL_CREATE_INDEX.format(
-            unique="UNIQUE " if index.unique else "",
-            name=_quote(index.name),
-            table=_qualified(target_schema, table.name),
-            columns=_quote_list(
-                unique_columns(table, index.columns) if index.unique else index.columns
-            ),
-        )
-        for index in table.indexes
-    ]
+    return [render_create_index(table, index, target_schema) for index in table.indexes]
+
+
+def index_columns(table: Table, index: Index) -> list[str]:
+    """The key columns of `index` as built (a tenant table's unique index leads with tenant_id)."""
+    return unique_columns(table, index.columns) if index.unique else list(index.columns)
+
+
+def render_create_index(
+    table: Table, index: Index, target_schema: str, *, concurrently: bool = False
+) -> str:
+    """Return the `CREATE [UNIQUE] INDEX [CONCURRENTLY] IF NOT EXISTS` of one index."""
+    return SQL_CREATE_INDEX.format(
+        unique="UNIQUE " if index.unique else "",
+        name=("CONCURRENTLY " if concurrently else "") + "IF NOT EXISTS " + _quote(index.name),
+        table=_qualified(target_schema, table.name),
+        columns=_quote_list(index_columns(table, index)),
+    )
 
 
 def render_tenant_policy(table: Table, target_schema: str) -> list[str]:
@@ -297,6 +304,117 @@ def render_foreign_key(
         on_delete=on_delete,
     )
     return _do_if_not_exists(check, action)
+
+
+# --- changing existing tables (`builder.evolve.plan`) --------------------------------------------
+
+SQL_ALTER_TABLE = "ALTER TABLE {table} {action}"
+SQL_ADD_COLUMN = "ADD COLUMN IF NOT EXISTS {definition}"
+SQL_ALTER_TYPE = "ALTER COLUMN {column} TYPE {type} USING {column}::{type}"
+SQL_SET_NOT_NULL = "ALTER COLUMN {column} SET NOT NULL"
+SQL_DROP_NOT_NULL = "ALTER COLUMN {column} DROP NOT NULL"
+SQL_SET_DEFAULT = "ALTER COLUMN {column} SET DEFAULT {default}"
+SQL_DROP_DEFAULT = "ALTER COLUMN {column} DROP DEFAULT"
+SQL_ADD_NOT_NULL_CHECK = "ADD CONSTRAINT {name} CHECK ({column} IS NOT NULL) NOT VALID"
+SQL_ADD_UNIQUE = "ADD CONSTRAINT {name} UNIQUE ({columns})"
+SQL_ADD_FOREIGN_KEY_NOT_VALID = (
+    "ADD CONSTRAINT {name} FOREIGN KEY ({columns}) REFERENCES {to_table} ({to_columns}) "
+    "ON DELETE {on_delete} NOT VALID"
+)
+SQL_VALIDATE_CONSTRAINT = "VALIDATE CONSTRAINT {name}"
+SQL_DROP_CONSTRAINT = "DROP CONSTRAINT IF EXISTS {name}"
+SQL_DROP_COLUMN = "DROP COLUMN IF EXISTS {column}"
+SQL_ENABLE_TRIGGER = "ENABLE TRIGGER {name}"
+SQL_DROP_INDEX = "DROP INDEX {concurrently}IF EXISTS {name}"
+SQL_DROP_TABLE = "DROP TABLE IF EXISTS {table}"
+
+
+def render_alter(table: str, target_schema: str, template: str, **parts: str) -> str:
+    """Return `ALTER TABLE <table> <action>`, the action filled from `template` and `parts`.
+
+    `parts` are SQL already quoted by the helpers of this module (names with `quote_name`).
+    """
+    action = template.format(**parts)
+    return SQL_ALTER_TABLE.format(table=_qualified(target_schema, table), action=action)
+
+
+def quote_name(name: str) -> str:
+    """Return `name` quoted as an SQL identifier."""
+    return _quote(name)
+
+
+def quote_names(columns: Sequence[str]) -> str:
+    """Return `columns` quoted and joined with commas."""
+    return _quote_list(list(columns))
+
+
+def qualified_name(target_schema: str, name: str) -> str:
+    """Return `schema.name`, both quoted."""
+    return _qualified(target_schema, name)
+
+
+def render_add_column(table: Table, column: Column, target_schema: str) -> str:
+    """Return the `ALTER TABLE ... ADD COLUMN IF NOT EXISTS` of `column`."""
+    return render_alter(
+        table.name, target_schema, SQL_ADD_COLUMN, definition=render_column(column).strip()
+    )
+
+
+def render_foreign_key_not_valid(
+    table: Table, column: Column, reference: ForeignKey, target_schema: str, *, composite: bool
+) -> str:
+    """Return the `ADD CONSTRAINT ... FOREIGN KEY ... NOT VALID` of `column` on an existing table.
+
+    `NOT VALID` adds the key without reading the table's rows (new rows are checked at once);
+    `VALIDATE CONSTRAINT` reads them afterwards under a lock that lets writes go on.
+    """
+    columns, to_columns, on_delete = [column.name], [reference.column], reference.on_delete
+    if composite:
+        columns, to_columns = [TENANT_COLUMN, column.name], [TENANT_COLUMN, reference.column]
+        if on_delete in ("SET NULL", "SET DEFAULT"):
+            on_delete = f"{on_delete} ({_quote(column.name)})"
+    if reference.on_delete not in ON_DELETE_ACTIONS:
+        raise ValueError(f"unknown ON DELETE action {reference.on_delete!r}")
+    return render_alter(
+        table.name,
+        target_schema,
+        SQL_ADD_FOREIGN_KEY_NOT_VALID,
+        name=_quote(names.foreign_key_name(table.name, column.name)),
+        columns=_quote_list(columns),
+        to_table=_qualified(target_schema, reference.table),
+        to_columns=_quote_list(to_columns),
+        on_delete=on_delete,
+    )
+
+
+def render_create_policy(table: Table, target_schema: str) -> str:
+    """Return the `CREATE POLICY` of `table`'s tenant isolation policy (known to be missing)."""
+    predicate = TENANT_PREDICATE.format(
+        column=_quote(TENANT_COLUMN), setting=_literal(TENANT_SETTING)
+    )
+    return SQL_CREATE_POLICY.format(
+        name=_quote(names.policy_name(table.name)),
+        table=_qualified(target_schema, table.name),
+        predicate=predicate,
+    ).strip()
+
+
+def render_enable_rls(table: str, target_schema: str, *, force: bool = False) -> str:
+    """Return `ALTER TABLE ... ENABLE` (or `FORCE`) `ROW LEVEL SECURITY`."""
+    template = SQL_FORCE_RLS if force else SQL_ENABLE_RLS
+    return template.format(table=_qualified(target_schema, table))
+
+
+def render_drop_index(name: str, target_schema: str, *, concurrently: bool) -> str:
+    """Return `DROP INDEX [CONCURRENTLY] IF EXISTS` of one index."""
+    return SQL_DROP_INDEX.format(
+        concurrently="CONCURRENTLY " if concurrently else "", name=_qualified(target_schema, name)
+    )
+
+
+def render_drop_table(table: str, target_schema: str) -> str:
+    """Return `DROP TABLE IF EXISTS` of one table (without CASCADE: references stop it)."""
+    return SQL_DROP_TABLE.format(table=_qualified(target_schema, table))
 
 
 def _do_if_not_exists(check: str, action: str) -> str:
