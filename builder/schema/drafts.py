@@ -2,8 +2,9 @@
 
 `normalize` reads caller JSON into these mutable drafts (a name or type that failed validation
 is None), then runs the checks here, which need the whole schema: duplicate table names,
-references between tables, and the one relation namespace per PostgreSQL schema. Only a schema
-without issues is frozen into `spec` dataclasses with `build_table`.
+references between tables, the one relation namespace per PostgreSQL schema, and the names the
+caller wants dropped that the schema itself defines. Only a schema without issues is frozen into
+`spec` dataclasses with `build_table`.
 """
 
 from __future__ import annotations
@@ -54,6 +55,20 @@ class IndexDraft:
     path: str
 
 
+@dataclass(frozen=True)
+class DropDraft:
+    """One valid name of a `drop_*` list: `label` as the caller wrote it, `path` of the entry."""
+
+    name: str
+    label: str
+    path: str
+
+    def described(self, what: str) -> str:
+        """Return e.g. `column 'old_code'`, adding the caller's spelling when it differs."""
+        written = f" (written {shown(self.label)})" if self.label != self.name else ""
+        return f"{what} {self.name!r}{written}"
+
+
 @dataclass
 class TableDraft:
     """A table; `name` is None when the caller's name was invalid."""
@@ -64,6 +79,8 @@ class TableDraft:
     tenant_scoped: bool
     columns: list[ColumnDraft] = field(default_factory=list)
     indexes: list[IndexDraft] = field(default_factory=list)
+    drop_columns: list[DropDraft] = field(default_factory=list)
+    drop_indexes: list[DropDraft] = field(default_factory=list)
 
     def column(self, name: str) -> ColumnDraft | None:
         """Return the column called `name`, or None."""
@@ -87,11 +104,36 @@ def unique_tables(tables: list[TableDraft], log: IssueLog) -> list[TableDraft]:
     return list(first.values())
 
 
-def check_references(sources: list[TableDraft], tables: list[TableDraft], log: IssueLog) -> None:
+def check_dropped_tables(
+    drop_tables: list[DropDraft], tables: list[TableDraft], log: IssueLog
+) -> None:
+    """Log `conflicting_value` for every table in `drop_tables` that `tables` defines."""
+    by_name = {t.name: t for t in tables}
+    for drop in drop_tables:
+        table = by_name.get(drop.name)
+        if table is not None:
+            log.add(
+                drop.path,
+                "conflicting_value",
+                f"{drop.described('table')} is defined by this payload ({table.path}); a table "
+                "cannot be both defined and dropped",
+            )
+
+
+def check_references(
+    sources: list[TableDraft],
+    tables: list[TableDraft],
+    log: IssueLog,
+    *,
+    dropped: frozenset[str] = frozenset(),
+) -> None:
     """Check that every `references` in `sources` points at a unique column of `tables`.
 
     `sources` are all tables read (even those whose own name is invalid or a duplicate);
-    `tables` are the ones that can be referenced.
+    `tables` are the ones that can be referenced. A reference to a table that the payload does
+    not define is accepted, since that table may exist in the target database (the planner
+    checks it against the target's catalog), unless the payload drops it (`dropped`); only the
+    rules of the referencing column itself are checked for it here.
     """
     by_name = {t.name: t for t in tables}
     for table in sources:
@@ -100,12 +142,20 @@ def check_references(sources: list[TableDraft], tables: list[TableDraft], log: I
             if ref is None or ref.table is None or ref.column is None:
                 continue
             target = by_name.get(ref.table)
-            if target is None:
+            if target is not None:
+                _check_referenced_column(column, ref, target, log)
+            elif ref.table in dropped:
                 log.add(
-                    f"{ref.path}.table", "unknown_reference", f"there is no table {ref.table!r}"
+                    f"{ref.path}.table",
+                    "conflicting_value",
+                    f"table {ref.table!r} is in drop_tables: a column cannot reference a table "
+                    "that is dropped",
                 )
+            if ref.on_delete == "SET NULL" and column.not_null:
+                message = "on_delete SET NULL needs a column that allows NULL (not_null is set)"
+                log.add(f"{ref.path}.on_delete", "invalid_value", message)
+            if target is None:
                 continue
-            _check_referenced_column(column, ref, target, log)
             if target.tenant_scoped and not table.tenant_scoped:
                 log.add(
                     f"{ref.path}.table",
@@ -140,20 +190,18 @@ def _check_referenced_column(
             f"column type {column.type.canonical} does not match the type "
             f"{referenced.type.canonical} of {target.name}.{ref.column}",
         )
-    if ref.on_delete == "SET NULL" and column.not_null:
-        message = "on_delete SET NULL needs a column that allows NULL (not_null is set)"
-        log.add(f"{ref.path}.on_delete", "invalid_value", message)
 
 
 def _has_unique_index(table: TableDraft, column: str) -> bool:
     return any(index.unique and index.columns == (column,) for index in table.indexes)
 
 
-def assign_relation_names(tables: list[TableDraft], log: IssueLog) -> None:
+def assign_relation_names(tables: list[TableDraft], log: IssueLog) -> dict[str, str]:
     """Check that relation names do not collide; give generated indexes free names.
 
     Names the caller chose (tables, named indexes) and constraint index names are claimed first
     and a collision among them is an issue; generated index names are then picked around them.
+    Return every relation name of the schema, with what holds it (for messages).
     """
     taken: dict[str, str] = {}
     for table in tables:
@@ -171,7 +219,38 @@ def assign_relation_names(tables: list[TableDraft], log: IssueLog) -> None:
         for index in table.indexes:
             if index.name is None:
                 index.name = free_index_name(table.name, index.columns, taken)
-                taken[index.name] = f"the generated index {index.name!r}"
+                taken[index.name] = f"the generated index {index.name!r} of table {table.name!r}"
+    return taken
+
+
+def check_dropped_indexes(tables: list[TableDraft], taken: dict[str, str], log: IssueLog) -> None:
+    """Check the `drop_indexes` of `tables` against the relation names of the schema (`taken`).
+
+    Indexes share one namespace per PostgreSQL schema with tables and constraint indexes, so
+    dropping a name that the schema defines (for this table or another) would drop, or clash
+    with, what the schema asks for: `conflicting_value`. An index dropped by two tables is a
+    `duplicate_name`.
+    """
+    dropped: dict[str, DropDraft] = {}
+    for table in tables:
+        for drop in table.drop_indexes:
+            holder = taken.get(drop.name)
+            if holder is not None:
+                log.add(
+                    drop.path,
+                    "conflicting_value",
+                    f"{drop.described('index')} is the name of {holder} in this payload; a name "
+                    "cannot be both defined and dropped",
+                )
+                continue
+            earlier = dropped.setdefault(drop.name, drop)
+            if earlier is not drop:
+                log.add(
+                    drop.path,
+                    "duplicate_name",
+                    f"index {drop.name!r} is already dropped at {earlier.path} (index names are "
+                    "unique per PostgreSQL schema)",
+                )
 
 
 def _constraint_indexes(tables: Iterable[TableDraft]) -> Iterable[tuple[str, str, str]]:
@@ -229,6 +308,8 @@ def build_table(table: TableDraft) -> Table:
         columns=tuple(_build_column(c) for c in table.columns),
         indexes=tuple(Index(i.name or "", i.columns, i.unique) for i in table.indexes),
         tenant_scoped=table.tenant_scoped,
+        drop_columns=tuple(d.name for d in table.drop_columns),
+        drop_indexes=tuple(d.name for d in table.drop_indexes),
     )
 
 

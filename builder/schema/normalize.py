@@ -9,6 +9,12 @@ and indexes (on `tenant_id` and `created_at`), and names every relation so that 
 tables, indexes and the indexes behind primary key and unique constraints share one namespace
 per PostgreSQL schema. Names the caller chose are kept and a collision among them is reported;
 a generated index name that would collide gets a hash suffix instead (see `free_index_name`).
+
+The payload may also name tables (`drop_tables`), and a table columns and indexes (`drop_columns`,
+`drop_indexes`), that the caller wants removed from the target database. They are names only,
+normalized and checked like the others, and refused when the payload itself defines them; whether
+they exist is for the planner to find out from the target's catalog. `allow_destructive` is the
+caller's consent to such changes.
 """
 
 from __future__ import annotations
@@ -34,11 +40,14 @@ from builder.request.fields import (
 )
 from builder.schema.drafts import (
     ColumnDraft,
+    DropDraft,
     IndexDraft,
     ReferenceDraft,
     TableDraft,
     assign_relation_names,
     build_table,
+    check_dropped_indexes,
+    check_dropped_tables,
     check_references,
     unique_tables,
 )
@@ -58,8 +67,16 @@ MAX_INDEX_COLUMNS = 32  # PostgreSQL's INDEX_MAX_KEYS
 MAX_VERSION_LENGTH = 64
 MAX_DESCRIPTION_LENGTH = 1000
 
-PAYLOAD_KEYS = ("schema_version", "description", "tables", "force_apply", "dry_run")
-TABLE_KEYS = ("name", "columns", "indexes", "tenant_scoped")
+PAYLOAD_KEYS = (
+    "schema_version",
+    "description",
+    "tables",
+    "drop_tables",
+    "allow_destructive",
+    "force_apply",
+    "dry_run",
+)
+TABLE_KEYS = ("name", "columns", "indexes", "tenant_scoped", "drop_columns", "drop_indexes")
 COLUMN_KEYS = ("name", "type", "not_null", "unique", "default", "references")
 REFERENCE_KEYS = ("table", "column", "on_delete")
 INDEX_KEYS = ("name", "columns", "unique")
@@ -87,13 +104,23 @@ def normalize_schema(payload: object, *, path: str = "payload") -> Schema:
         obj, "tables", path, log, required=True, limit=MAX_TABLES, non_empty=True
     )
     drafts = [_read_table(raw, f"{path}.tables[{i}]", log) for i, raw in enumerate(raw_tables)]
+    drop_tables = _read_drops(obj, "drop_tables", path, log, what="table", limit=MAX_TABLES)
+    allow_destructive = read_bool(obj, "allow_destructive", path, log, default=False)
     read = [t for t in drafts if t is not None]
     tables = unique_tables(read, log)
-    check_references(read, tables, log)
-    assign_relation_names(tables, log)
+    check_dropped_tables(drop_tables, tables, log)
+    check_references(read, tables, log, dropped=frozenset(d.name for d in drop_tables))
+    taken = assign_relation_names(tables, log)
+    check_dropped_indexes(tables, taken, log)
     if log or version is None or description is None:
         raise SchemaValidationError(log.items)
-    return Schema(version, description, tuple(build_table(t) for t in tables))
+    return Schema(
+        version,
+        description,
+        tuple(build_table(t) for t in tables),
+        drop_tables=tuple(d.name for d in drop_tables),
+        allow_destructive=allow_destructive,
+    )
 
 
 def canonical_json(schema: Schema) -> str:
@@ -172,6 +199,14 @@ def _read_table(raw: object, path: str, log: IssueLog) -> TableDraft | None:
     indexes = [_read_index(x, f"{path}.indexes[{k}]", log) for k, x in enumerate(raw_indexes)]
     table.indexes = _check_index_columns(table, [x for x in indexes if x is not None], log)
     table.indexes = _default_indexes(table) + table.indexes
+    table.drop_columns = _read_drops(
+        obj, "drop_columns", path, log, what="column", limit=MAX_COLUMNS
+    )
+    _check_dropped_columns(table, log)
+    # Checked against every relation name of the schema once they are known (drafts).
+    table.drop_indexes = _read_drops(
+        obj, "drop_indexes", path, log, what="index", limit=MAX_INDEXES
+    )
     return table
 
 
@@ -291,6 +326,60 @@ def _index_column(item: object, path: str, earlier: list[str], log: IssueLog) ->
         log.add(path, "duplicate_name", f"column {shown(item)} appears twice in the index")
         return None
     return name
+
+
+# --- names to drop ------------------------------------------------------------------------------
+
+
+def _read_drops(
+    obj: Mapping[object, object], key: str, path: str, log: IssueLog, *, what: str, limit: int
+) -> list[DropDraft]:
+    """Read the optional array `key` of names of a `what` to drop, keeping the caller's order.
+
+    An entry that is not a string, is not a usable name, or becomes the name of an earlier entry
+    is logged and left out.
+    """
+    where = key_path(path, key)
+    drops: list[DropDraft] = []
+    seen: dict[str, DropDraft] = {}
+    for i, item in enumerate(read_list(obj, key, path, log, required=False, limit=limit)):
+        entry = f"{where}[{i}]"
+        if not isinstance(item, str):
+            message = f"a {what} name in {key} must be a string, not {json_type(item)}"
+            log.add(entry, "invalid_type", message)
+            continue
+        name = to_identifier(item, entry, log, what)
+        if name is None:
+            continue
+        earlier = seen.setdefault(name, DropDraft(name, item, entry))
+        if earlier.path != entry:
+            log.add(
+                entry,
+                "duplicate_name",
+                f"{what} {shown(item)} becomes {name!r}, the name of the earlier entry "
+                f"{shown(earlier.label)}",
+            )
+            continue
+        drops.append(earlier)
+    return drops
+
+
+def _check_dropped_columns(table: TableDraft, log: IssueLog) -> None:
+    """Log `conflicting_value` for every column in `drop_columns` that `table` defines."""
+    automatic = {c.name for c in _default_columns(table)}
+    for drop in table.drop_columns:
+        column = table.column(drop.name)
+        if column is None:
+            continue
+        if drop.name in automatic:
+            defined = "one of the automatic columns of this table"
+        else:
+            defined = f"a column that this table defines ({column.path})"
+        log.add(
+            drop.path,
+            "conflicting_value",
+            f"{drop.described('column')} is {defined}; a column cannot be both defined and dropped",
+        )
 
 
 # --- default columns and indexes ---------------------------------------------------------------

@@ -49,12 +49,19 @@ class Index:
 
 @dataclass(frozen=True)
 class Table:
-    """A table with its columns in definition order and its indexes."""
+    """A table with its columns in definition order and its indexes.
+
+    `drop_columns` and `drop_indexes` name columns and indexes that the caller wants removed from
+    the table as it exists in the target database, in the caller's order; none of them is one
+    that the table defines.
+    """
 
     name: str
     columns: tuple[Column, ...]
     indexes: tuple[Index, ...] = ()
     tenant_scoped: bool = True
+    drop_columns: tuple[str, ...] = ()
+    drop_indexes: tuple[str, ...] = ()
 
     def column(self, name: str) -> Column | None:
         """Return the column called `name`, or None."""
@@ -63,23 +70,40 @@ class Table:
 
 @dataclass(frozen=True)
 class Schema:
-    """A normalized schema version: the unit that is hashed, rendered and applied."""
+    """A normalized schema version: the unit that is hashed, rendered and applied.
+
+    `drop_tables` names tables (none of `tables`) that the caller wants removed from the target
+    database, in the caller's order; `allow_destructive` is the caller's consent to changes that
+    lose data.
+    """
 
     version: str
     description: str
     tables: tuple[Table, ...] = field(default_factory=tuple)
+    drop_tables: tuple[str, ...] = ()
+    allow_destructive: bool = False
 
     def table(self, name: str) -> Table | None:
         """Return the table called `name`, or None."""
         return next((t for t in self.tables if t.name == name), None)
 
     def to_dict(self) -> dict[str, Any]:
-        """Return a JSON-ready dict (the canonical form that is hashed and stored)."""
-        return {
+        """Return a JSON-ready dict (the canonical form that is hashed and stored).
+
+        `drop_tables` and `allow_destructive` are there only when they say something (a list that
+        is not empty, true): a schema without them keeps the form, and the hash, that it had
+        before they existed.
+        """
+        result: dict[str, Any] = {
             "version": self.version,
             "description": self.description,
             "tables": [_table_dict(t) for t in self.tables],
         }
+        if self.drop_tables:
+            result["drop_tables"] = list(self.drop_tables)
+        if self.allow_destructive:
+            result["allow_destructive"] = True
+        return result
 
     @cached_property
     def canonical_json(self) -> str:
@@ -92,7 +116,7 @@ class Schema:
 
 
 def _table_dict(table: Table) -> dict[str, Any]:
-    return {
+    result: dict[str, Any] = {
         "name": table.name,
         "tenant_scoped": table.tenant_scoped,
         "columns": [_column_dict(c) for c in table.columns],
@@ -100,6 +124,12 @@ def _table_dict(table: Table) -> dict[str, Any]:
             {"name": i.name, "columns": list(i.columns), "unique": i.unique} for i in table.indexes
         ],
     }
+    # Only when not empty, as `drop_tables` in `Schema.to_dict`.
+    if table.drop_columns:
+        result["drop_columns"] = list(table.drop_columns)
+    if table.drop_indexes:
+        result["drop_indexes"] = list(table.drop_indexes)
+    return result
 
 
 def _column_dict(column: Column) -> dict[str, Any]:

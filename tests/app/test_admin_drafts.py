@@ -322,7 +322,11 @@ def test_the_builders_errors_of_a_draft_are_placed_and_worded():
                         "columns": [
                             {"name": "starts_at", "type": "TIMESTAMPTZ"},
                             {"name": "n", "type": "SERIAL"},
-                            {"name": "p", "type": "UUID", "references": {"table": "nowhere"}},
+                            {
+                                "name": "p",
+                                "type": "UUID",
+                                "references": {"table": "patients", "column": "nowhere"},
+                            },
                         ],
                         "indexes": [{"columns": ["missing"]}],
                     },
@@ -339,11 +343,8 @@ def test_the_builders_errors_of_a_draft_are_placed_and_worded():
     assert type_error.startswith("Type 'SERIAL' is not allowed; allowed types: SMALLINT")
     assert type_error.endswith(".")
     assert placed[
-        (
-            FieldRef("column", 1, 2, "references_table"),
-            "table 2 (visits), column 3 (p), references table",
-        )
-    ] == ("There is no table 'nowhere'.")
+        (FieldRef("column", 1, 2, "references_column"), "table 2 (visits), column 3 (p), column")
+    ] == ("Table 'patients' has no column 'nowhere'.")
     index_error = placed[
         (
             FieldRef("index", 1, 0, "columns"),
@@ -391,7 +392,7 @@ def test_an_author_writes_a_draft_with_nested_forms(client):
 def test_a_drafts_errors_are_shown_next_to_their_fields(client):
     client.force_login(staff("author", "Authors"))
     tables: list[dict[str, Any]] = copy.deepcopy(PATIENTS_AND_VISITS)
-    tables[1]["columns"][0]["references"] = {"table": "patient"}  # a typo
+    tables[1]["columns"][0]["references"] = {"table": "patients", "column": "mnr"}  # a typo
     tables[1]["columns"][1]["type"] = "TIMESTAMPTZZ"
     client.post(f"{DRAFTS_URL}add/", draft_post("042", "Patients and visits", tables))
     draft = SchemaDraft.objects.get()
@@ -405,9 +406,9 @@ def test_a_drafts_errors_are_shown_next_to_their_fields(client):
     inline = page.context["inline_admin_formsets"][0]
     visits = inline.formset.forms[1]
     columns = next(f for f in visits.nested_formsets if f.model is DraftColumn)
-    assert columns.forms[0].errors["references_table"] == ["There is no table 'patient'."]
+    assert columns.forms[0].errors["references_column"] == ["Table 'patients' has no column 'mnr'."]
     assert columns.forms[1].errors["type"][0].startswith("Type 'TIMESTAMPTZZ' is not allowed")
-    assert "There is no table &#x27;patient&#x27;." in html
+    assert "Table &#x27;patients&#x27; has no column &#x27;mnr&#x27;." in html
     assert not inline.formset.forms[0].errors  # patients is fine
 
 

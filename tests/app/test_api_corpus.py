@@ -70,10 +70,14 @@ def valid_envelope() -> dict[str, Any]:
             "description": "malformed-input corpus",
             "dry_run": False,
             "force_apply": False,
+            "allow_destructive": False,
+            "drop_tables": [],
             "tables": [
                 {
                     "name": "orgs",
                     "tenant_scoped": True,
+                    "drop_columns": [],
+                    "drop_indexes": [],
                     "columns": [
                         {
                             "name": "title",
@@ -205,6 +209,10 @@ WRONG_TYPE_SITES: list[tuple[str, Path, tuple[str, ...]]] = [
     ("tenant_scoped", (*TABLE, "tenant_scoped"), ("string", "int", "array", "object")),
     ("dry_run", (*PAYLOAD, "dry_run"), ("string", "int", "array", "object")),
     ("force_apply", (*PAYLOAD, "force_apply"), ("string", "int", "array", "object")),
+    ("allow_destructive", (*PAYLOAD, "allow_destructive"), ("string", "int", "array", "object")),
+    ("drop_tables", (*PAYLOAD, "drop_tables"), ("string", "object", "int", "true")),
+    ("drop_columns", (*TABLE, "drop_columns"), ("string", "object", "int", "true")),
+    ("drop_indexes", (*TABLE, "drop_indexes"), ("string", "object", "float", "true")),
     ("meta.tenant_id", ("meta", "tenant_id"), ("int", "array", "object", "true")),
     ("meta.workflow_run_id", ("meta", "workflow_run_id"), ("int", "array", "object")),
     ("meta.idempotency_key", ("meta", "idempotency_key"), ("int", "array", "object")),
@@ -269,7 +277,13 @@ SQL_IN_STRINGS: list[tuple[str, Path, str, str]] = [
         "unknown_reference",
     ),
     ("index.column/punctuation", (*INDEX, "columns", 0), "');", "invalid_name"),
-    ("references.table/unknown", (*REFERENCES, "table"), "orgs; DROP TABLE x", "unknown_reference"),
+    # A table outside the request may be referenced, but not by a name that is not usable.
+    (
+        "references.table/leading_digit",
+        (*REFERENCES, "table"),
+        "0rgs; DROP TABLE x",
+        "invalid_name",
+    ),
     ("references.table/punctuation", (*REFERENCES, "table"), "';--", "invalid_name"),
     (
         "references.column/unknown",
@@ -676,14 +690,20 @@ def duplicate_and_reference_cases() -> list[Case]:
         ),
         Case("tables/empty", with_value((*PAYLOAD, "tables"), []), "empty"),
         Case(
-            "ref/missing_table",
-            with_value((*REFERENCES, "table"), "ghosts"),
-            "unknown_reference",
-        ),
-        Case(
-            "ref/cycle_to_missing_table",
+            "ref/dropped_table",
             edited(
                 lambda b: (
+                    _ref(b).update(table="ghosts"),
+                    payload_of(b).update(drop_tables=["Ghosts"]),
+                )
+            ),
+            "conflicting_value",
+        ),
+        Case(
+            "ref/cycle_to_dropped_table",
+            edited(
+                lambda b: (
+                    payload_of(b).update(drop_tables=["ghosts"]),
                     _org_columns(b).append(
                         {"name": "parent_id", "type": "UUID", "references": {"table": "patients"}}
                     ),
@@ -701,7 +721,7 @@ def duplicate_and_reference_cases() -> list[Case]:
                     ),
                 )
             ),
-            "unknown_reference",
+            "conflicting_value",
         ),
         Case(
             "ref/self_missing_column",
@@ -747,6 +767,68 @@ def duplicate_and_reference_cases() -> list[Case]:
             "invalid_name",
         ),
     ]
+
+
+# --- names to drop ------------------------------------------------------------------------------
+
+DROP_LISTS: list[tuple[str, Path]] = [
+    ("drop_tables", (*PAYLOAD, "drop_tables")),
+    ("drop_columns", (*TABLE, "drop_columns")),
+    ("drop_indexes", (*TABLE, "drop_indexes")),
+]
+# Entries that no list takes: (label, entry, code).
+BAD_DROP_ENTRIES: list[tuple[str, object, str]] = [
+    ("null", None, "invalid_type"),
+    ("int", 7, "invalid_type"),
+    ("array", ["orgs"], "invalid_type"),
+    ("object", {"name": "orgs"}, "invalid_type"),
+    ("sql_leading_digit", "1; DROP SCHEMA public CASCADE; --", "invalid_name"),
+    ("sql_punctuation", "'); --", "invalid_name"),
+    ("cjk", BAD_NAMES["cjk"], "invalid_name"),
+    ("rtl_override", BAD_NAMES["rtl_override"], "invalid_name"),
+    ("bytes_64", BAD_NAMES["bytes_64"], "invalid_name"),
+    ("empty", "", "invalid_name"),
+]
+DROP_LIMITS = {"drop_tables": 1000, "drop_columns": 1600, "drop_indexes": 100}
+
+
+def drop_cases() -> list[Case]:
+    cases = []
+    for key, path in DROP_LISTS:
+        for label, entry, code in BAD_DROP_ENTRIES:
+            cases.append(Case(f"drop/{key}/{label}", with_value(path, ["old", entry]), code))
+        cases.append(
+            Case(f"drop/{key}/twice", with_value(path, ["oldName", "old_name"]), "duplicate_name")
+        )
+        too_many = [f"n{i}" for i in range(DROP_LIMITS[key] + 1)]
+        cases.append(Case(f"drop/{key}/too_many", with_value(path, too_many), "too_many"))
+    conflicts: list[tuple[str, Path, list[str]]] = [
+        ("drop_tables/listed_table", (*PAYLOAD, "drop_tables"), ["Patients"]),
+        ("drop_columns/defined_column", (*TABLE, "drop_columns"), ["title"]),
+        ("drop_columns/automatic_column", (*TABLE, "drop_columns"), ["tenantId"]),
+        ("drop_indexes/named_index", (*TABLE, "drop_indexes"), ["idx_orgs_code_created"]),
+        ("drop_indexes/automatic_index", (*TABLE, "drop_indexes"), ["idx_orgs_created_at"]),
+        ("drop_indexes/primary_key", (*TABLE, "drop_indexes"), ["orgs_pkey"]),
+        ("drop_indexes/unique_constraint", (*TABLE, "drop_indexes"), ["orgs_title_key"]),
+        ("drop_indexes/other_table", (*TABLE, "drop_indexes"), ["idx_patients_created_at"]),
+    ]
+    cases += [
+        Case(f"drop/{label}", with_value(path, value), "conflicting_value")
+        for label, path, value in conflicts
+    ]
+    cases.append(
+        Case(
+            "drop/drop_indexes/two_tables",
+            edited(
+                lambda b: (
+                    _orgs(b).update(drop_indexes=["idx_old"]),
+                    tables_of(b)[1].update(drop_indexes=["idx_old"]),
+                )
+            ),
+            "duplicate_name",
+        )
+    )
+    return cases
 
 
 # --- unknown keys at every level ---------------------------------------------------------------
@@ -1046,6 +1128,7 @@ def build_corpus() -> list[Case]:
         *bad_string_cases(),
         *bad_default_cases(),
         *duplicate_and_reference_cases(),
+        *drop_cases(),
         *unknown_key_cases(),
         *size_and_nesting_cases(),
         *raw_body_cases(),
@@ -1344,6 +1427,14 @@ def test_the_catalog_snapshot_sees_a_change(target: str, target_conn: Any) -> No
     assert with_rls != with_table
     target_conn.execute(sql.SQL("DROP TABLE {}").format(table))
     assert catalog_snapshot() == before
+
+
+def test_a_reference_to_a_table_outside_the_request_is_planned() -> None:
+    """A table that the request does not define may exist in the target: it is not refused."""
+    body = with_value((*REFERENCES, "table"), "Ghosts")
+    prepared = prepare(body)
+    assert isinstance(prepared, Prepared), prepared
+    assert '"public"."ghosts"' in prepared.migration.script
 
 
 def test_sql_in_a_name_is_normalized_never_executed(client: APIClient, target: str) -> None:

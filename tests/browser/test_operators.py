@@ -161,7 +161,7 @@ def test_an_imported_schema_is_rejected_with_a_reason_and_nothing_runs(
 def test_a_drafts_problems_are_shown_next_to_its_fields(page, live_server, target, screenshot):
     envelope = two_table_envelope("044")
     visits = envelope["payload"]["tables"][1]
-    visits["columns"][0]["references"]["table"] = "patient"  # a typo
+    visits["columns"][0]["references"]["column"] = "mnr"  # a typo
     visits["columns"][1]["type"] = "TIMESTAMPTZZ"
     author = staff("alice", "Authors")
     draft = drafts.import_envelope(envelope, user=author)
@@ -171,7 +171,7 @@ def test_a_drafts_problems_are_shown_next_to_its_fields(page, live_server, targe
 
     assert "finds 2 problems in this draft" in page.locator(".messagelist").inner_text()
     reference = page.locator("#tables-1-columns-group tbody.djn-item").nth(0)
-    assert "There is no table 'patient'." in reference.locator(".errorlist").inner_text()
+    assert "Table 'patients' has no column 'mnr'." in reference.locator(".errorlist").inner_text()
     type_cell = page.locator("#tables-1-columns-group tbody.djn-item").nth(1)
     assert "Type 'TIMESTAMPTZZ' is not allowed" in type_cell.locator(".errorlist").inner_text()
     screenshot(page, "errors")

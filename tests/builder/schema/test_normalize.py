@@ -596,11 +596,6 @@ ERROR_CASES: list[tuple[str, object, list[tuple[str, str]]]] = [
         ],
     ),
     (
-        "references an unknown table",
-        payload(table("t", {"name": "x", "type": "uuid", "references": {"table": "nope"}})),
-        [("payload.tables[0].columns[0].references.table", "unknown_reference")],
-    ),
-    (
         "references an invalid table name",
         payload(table("t", {"name": "x", "type": "uuid", "references": {"table": "9"}})),
         [("payload.tables[0].columns[0].references.table", "invalid_name")],
@@ -706,10 +701,16 @@ ERROR_CASES: list[tuple[str, object, list[tuple[str, str]]]] = [
     ),
     (
         "reference checked in a table with a bad name",
-        payload(table("9t", {"name": "x", "type": "uuid", "references": {"table": "nope"}})),
+        payload(
+            table(
+                "9t",
+                {"name": "x", "type": "uuid", "references": {"table": "u", "column": "nope"}},
+            ),
+            table("u"),
+        ),
         [
             ("payload.tables[0].name", "invalid_name"),
-            ("payload.tables[0].columns[0].references.table", "unknown_reference"),
+            ("payload.tables[0].columns[0].references.column", "unknown_reference"),
         ],
     ),
     (
@@ -768,6 +769,16 @@ ERROR_CASES: list[tuple[str, object, list[tuple[str, str]]]] = [
         ),
         [("payload.tables[1].columns[0].unique", "duplicate_name")],
     ),
+    (
+        "drop a column the table defines",
+        payload(table("t", {"name": "x", "type": "int"}, drop_columns=["old", "X"])),
+        [("payload.tables[0].drop_columns[1]", "conflicting_value")],
+    ),
+    (
+        "drop a table the payload lists",
+        payload(table("t"), drop_tables=["T"]),
+        [("payload.drop_tables[0]", "conflicting_value")],
+    ),
 ]
 
 
@@ -791,6 +802,7 @@ def test_every_documented_code_is_covered() -> None:
         "not_allowed",
         "invalid_value",
         "unknown_reference",
+        "conflicting_value",
         "too_many",
         "too_long",
         "empty",
@@ -843,7 +855,6 @@ def test_a_payload_with_many_problems_reports_all_of_them() -> None:
             ("payload.tables[1].columns[0].not_null", "invalid_type"),
             ("payload.tables[1].name", "duplicate_name"),
             ("payload.tables[2]", "invalid_type"),
-            ("payload.tables[0].columns[2].references.table", "unknown_reference"),
         ]
     )
 
@@ -1054,6 +1065,10 @@ KEYS = [
     "table",
     "column",
     "on_delete",
+    "drop_tables",
+    "drop_columns",
+    "drop_indexes",
+    "allow_destructive",
 ]
 LEAVES = st.one_of(
     st.none(),
