@@ -11,6 +11,8 @@ from typing import Any
 from drf_spectacular.utils import OpenApiExample, OpenApiResponse
 from rest_framework import serializers
 
+from builder.request.envelope import VALIDATION_PROFILES
+
 STATUSES = (
     "applied",
     "noop",
@@ -63,12 +65,31 @@ class TableSerializer(serializers.Serializer[Any]):
     tenant_scoped = serializers.BooleanField(
         required=False, help_text="Default true: tenant_id column and row level security."
     )
+    drop_columns = serializers.ListField(
+        child=serializers.CharField(),
+        required=False,
+        help_text="Columns to remove from the existing table; none that the table defines.",
+    )
+    drop_indexes = serializers.ListField(
+        child=serializers.CharField(),
+        required=False,
+        help_text="Indexes to remove from the existing table; none that the payload defines.",
+    )
 
 
 class PayloadSerializer(serializers.Serializer[Any]):
     schema_version = serializers.CharField()
     description = serializers.CharField()
     tables = TableSerializer(many=True)
+    drop_tables = serializers.ListField(
+        child=serializers.CharField(),
+        required=False,
+        help_text="Tables to remove from the target database; none that tables lists.",
+    )
+    allow_destructive = serializers.BooleanField(
+        required=False,
+        help_text="Default false: consent to changes that can lose data, such as drops.",
+    )
     dry_run = serializers.BooleanField(
         required=False, help_text="Preview only: SQL and plan, nothing is executed."
     )
@@ -94,7 +115,9 @@ class SubjectSerializer(serializers.Serializer[Any]):
 class ContextSerializer(serializers.Serializer[Any]):
     actor_id = serializers.CharField(required=False)
     validation_profile = serializers.ChoiceField(
-        choices=["safe", "review"], required=False, help_text="review: hold for an approver."
+        choices=list(VALIDATION_PROFILES),
+        required=False,
+        help_text="Default safe; review: hold for an approver.",
     )
 
 

@@ -55,6 +55,10 @@ from revos_schema.models import (
 # `context.validation_profile`, which is a field of its own.
 EXTRA_SECTIONS = ("meta", "subject", "context")
 EXECUTION_FLAGS = ("dry_run", "force_apply")
+# Payload and table keys that a draft has no field for: an envelope that uses them (a list that
+# is not empty, true) is not imported, rather than imported without them.
+PAYLOAD_ONLY_KEYS = ("drop_tables", "allow_destructive")
+TABLE_ONLY_KEYS = ("drop_columns", "drop_indexes")
 # What a draft's text fields hold at most (the builder's own limits are lower for most of them,
 # and it reports those next to the field).
 MAX_TEXT = 255
@@ -165,10 +169,11 @@ def import_envelope(raw: object, *, user: Any = None) -> SchemaDraft:
     """Make and store a draft of the request envelope `raw`, created by `user`.
 
     Only the shape is checked here (what the draft's fields can hold): an unknown key, a value of
-    the wrong JSON type or a missing name or type is refused with `ImportRefused`, listing every
-    such problem. Whether names, types, defaults and references are valid is the builder's
-    question: the draft keeps them as written, and the admin shows the builder's answer next to
-    each field.
+    the wrong JSON type, a missing name or type, or a key that a draft has no field for (`dry_run`,
+    `force_apply`, `allow_destructive` true, a drop list that is not empty) is refused with
+    `ImportRefused`, listing every such problem. Whether names, types, defaults and references
+    are valid is the builder's question: the draft keeps them as written, and the admin shows the
+    builder's answer next to each field.
     """
     reader = _Reader()
     parsed = reader.envelope(raw)
@@ -245,6 +250,7 @@ class _Reader:
                     f"a draft does not carry {flag}: remove it from the file (a draft is "
                     "previewed and submitted in the admin)",
                 )
+        self.refuse_unheld(payload, PAYLOAD_ONLY_KEYS, "payload")
         draft.version = self.text(payload, "schema_version", "payload", required=True) or ""
         draft.description = (
             self.text(payload, "description", "payload", required=True, limit=None) or ""
@@ -258,6 +264,7 @@ class _Reader:
         if obj is None:
             return None
         self.keys(obj, TABLE_KEYS, path)
+        self.refuse_unheld(obj, TABLE_ONLY_KEYS, path)
         table = DraftTable(
             name=self.text(obj, "name", path, required=True) or "",
             tenant_scoped=self.flag(obj, "tenant_scoped", path, default=True),
@@ -309,6 +316,17 @@ class _Reader:
             columns=columns,
             unique=self.flag(obj, "unique", path, default=False),
         )
+
+    def refuse_unheld(self, obj: Mapping[str, Any], keys: tuple[str, ...], path: str) -> None:
+        """Record each of `keys` that `obj` uses, since a draft cannot hold it."""
+        for key in keys:
+            value = obj.get(key)
+            if value is not None and value is not False and value != []:
+                self.problem(
+                    key_path(path, key),
+                    f"a draft does not carry {key}: remove it from the file, or send the file "
+                    "to the webhook",
+                )
 
     # Readers of one value: each returns something usable and records what is wrong.
 

@@ -223,9 +223,14 @@ class SchemaDraft(models.Model):
     canonical): the builder does that, and reports its problems against these fields.
     """
 
+    # The values of `builder.request.envelope.VALIDATION_PROFILES` (a test keeps them equal).
     class Profile(models.TextChoices):
-        SAFE = "safe", "safe (the webhook applies it at once)"
+        SAFE = "safe", "safe (the webhook applies changes without risk at once)"
         REVIEW = "review", "review (the webhook holds it for an approver)"
+        PERMISSIVE = (
+            "permissive",
+            "permissive (the webhook applies changes that need review at once too)",
+        )
 
     version = models.CharField(
         max_length=255,
@@ -325,7 +330,7 @@ class DraftColumn(models.Model):
         max_length=255,
         null=True,
         blank=True,
-        help_text="A table of this draft (tables of earlier versions cannot be referenced yet).",
+        help_text="A table of this draft, or one that exists in the target database.",
     )
     references_column = models.CharField(  # noqa: DJ001
         "column", max_length=255, null=True, blank=True, help_text="Empty: id."

@@ -25,10 +25,13 @@ from builder.status import SUCCESS_STATUSES, Status
 
 WORKFLOW_NAME = "WF106"
 DEFAULT_TENANT = "global"
-# `safe` applies at once; `review` holds the request for an approver. Risk gates (not built yet)
-# will decide per change; any other value is refused rather than silently treated as "safe".
+# How much risk the caller accepts for the changes of a request, from `safe` (the default) to
+# `permissive`; `review` holds the request for an approver. Any other value is refused rather
+# than silently treated as `safe`.
+SAFE_PROFILE = "safe"
 REVIEW_PROFILE = "review"
-VALIDATION_PROFILES = ("safe", REVIEW_PROFILE)
+PERMISSIVE_PROFILE = "permissive"
+VALIDATION_PROFILES = (SAFE_PROFILE, REVIEW_PROFILE, PERMISSIVE_PROFILE)
 
 TOP_LEVEL_KEYS = ("meta", "subject", "payload", "context")
 META_STRING_KEYS = ("tenant_id", "idempotency_key", "workflow_run_id", "workflow_name")
@@ -162,14 +165,14 @@ def _tenant(meta: Mapping[str, Any], subject: Mapping[str, Any], log: IssueLog) 
 def _profile(context: Mapping[str, Any], log: IssueLog) -> str:
     value = _text(context, "validation_profile", "context", log)
     if value is None:
-        return VALIDATION_PROFILES[0]
+        return SAFE_PROFILE
     if value not in VALIDATION_PROFILES:
         log.add(
             "context.validation_profile",
             "invalid_value",
             f"unknown validation profile; expected one of: {', '.join(VALIDATION_PROFILES)}",
         )
-        return VALIDATION_PROFILES[0]
+        return SAFE_PROFILE
     return value
 
 

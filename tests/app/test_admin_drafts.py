@@ -10,6 +10,7 @@ import pytest
 
 from builder.errors import ValidationIssue
 from builder.pipeline import Prepared, Rejected, prepare
+from builder.request.envelope import VALIDATION_PROFILES
 from revos_schema import drafts
 from revos_schema.drafts import FieldRef, field_for_path
 from revos_schema.forms import join_type, split_type
@@ -83,6 +84,19 @@ def test_every_field_of_a_draft_goes_through_the_round_trip():
 
 
 @pytest.mark.django_db
+@pytest.mark.parametrize("profile", VALIDATION_PROFILES)
+def test_a_draft_holds_every_validation_profile(profile):
+    envelope = {
+        "payload": {"schema_version": "1", "description": "d", "tables": []},
+        "context": {"validation_profile": profile},
+    }
+    draft = drafts.import_envelope(copy.deepcopy(envelope))
+    draft.full_clean()
+    assert drafts.envelope_of(draft) == envelope
+    assert set(SchemaDraft.Profile.values) == set(VALIDATION_PROFILES)
+
+
+@pytest.mark.django_db
 def test_what_changes_on_the_way_is_cosmetic_and_plans_the_same():
     """Defaults said out loud, null, JSON numbers and on_delete's spelling: the same schema."""
     envelope = {
@@ -90,8 +104,17 @@ def test_what_changes_on_the_way_is_cosmetic_and_plans_the_same():
             "schema_version": "1",
             "description": "d",
             "dry_run": False,
+            "allow_destructive": False,
+            "drop_tables": [],
             "tables": [
-                {"name": "a", "tenant_scoped": True, "indexes": [], "columns": []},
+                {
+                    "name": "a",
+                    "tenant_scoped": True,
+                    "indexes": [],
+                    "columns": [],
+                    "drop_columns": [],
+                    "drop_indexes": None,
+                },
                 {
                     "name": "b",
                     "columns": [
@@ -118,6 +141,7 @@ def test_what_changes_on_the_way_is_cosmetic_and_plans_the_same():
     assert b["columns"][2]["references"] == {"table": "a", "on_delete": "set null"}
     assert b["indexes"] == [{"columns": ["n"]}]
     assert "context" not in exported and "dry_run" not in exported["payload"]
+    assert set(exported["payload"]) == {"schema_version", "description", "tables"}
     before, after = prepare(envelope), prepare(exported)
     assert isinstance(before, Prepared) and isinstance(after, Prepared)
     assert before.schema_hash == after.schema_hash
@@ -165,7 +189,49 @@ def test_what_changes_on_the_way_is_cosmetic_and_plans_the_same():
                 "payload": {"schema_version": "1", "description": "d", "tables": []},
                 "context": {"validation_profile": "strict"},
             },
-            "context.validation_profile: must be one of safe, review",
+            "context.validation_profile: must be one of safe, review, permissive",
+        ),
+        (
+            {
+                "payload": {
+                    "schema_version": "1",
+                    "description": "d",
+                    "tables": [],
+                    "drop_tables": ["legacy"],
+                }
+            },
+            "payload.drop_tables: a draft does not carry drop_tables",
+        ),
+        (
+            {
+                "payload": {
+                    "schema_version": "1",
+                    "description": "d",
+                    "tables": [],
+                    "allow_destructive": True,
+                }
+            },
+            "payload.allow_destructive: a draft does not carry allow_destructive",
+        ),
+        (
+            {
+                "payload": {
+                    "schema_version": "1",
+                    "description": "d",
+                    "tables": [{"name": "a", "columns": [], "drop_columns": ["old"]}],
+                }
+            },
+            "payload.tables[0].drop_columns: a draft does not carry drop_columns",
+        ),
+        (
+            {
+                "payload": {
+                    "schema_version": "1",
+                    "description": "d",
+                    "tables": [{"name": "a", "columns": [], "drop_indexes": "idx_old"}],
+                }
+            },
+            "payload.tables[0].drop_indexes: a draft does not carry drop_indexes",
         ),
         (
             {
