@@ -54,7 +54,7 @@ from revos_schema.models import (
     SchemaPlan,
     SchemaSubmission,
 )
-from revos_schema.preview import Preview, build_preview, highlight_sql
+from revos_schema.preview import Preview, highlight_sql
 
 SUBMIT_PERMISSION = "revos_schema.submit_schema"
 ASSETS = {"css": {"all": ("revos_schema/admin.css",)}}
@@ -239,7 +239,7 @@ class SchemaSubmissionAdmin(ReadOnlyAdmin):
             "summary": (submission.response or {}).get("result", {}).get("summary", ""),
             "approve_url": reverse("admin:{}_{}_approve".format(*info), args=[submission.pk]),
             "reject_url": reverse("admin:{}_{}_reject".format(*info), args=[submission.pk]),
-            "preview": submission_preview(submission),
+            "preview": targetcheck.submission_preview(submission),
         }
 
     @staticmethod
@@ -291,29 +291,6 @@ class SchemaSubmissionAdmin(ReadOnlyAdmin):
                 "database's migration ledger has the record.",
             )
         return redirect(self._change_url(object_id))
-
-
-def submission_preview(submission: SchemaSubmission) -> Preview | None:
-    """The preview of a submission's stored plan (None without one), with the target's
-    warnings while it is held."""
-    plan = submission.plan
-    if plan is None:
-        return None
-    result = (submission.response or {}).get("result", {})
-    warnings = list((result.get("primary_outputs") or {}).get("warnings") or [])
-    # Once decided, the target has moved on (an apply made the tables): only the stored answer's
-    # warnings still describe this plan.
-    pending = submission.status == SchemaSubmission.Status.PENDING_APPROVAL
-    if pending:
-        warnings += targetcheck.warnings_for(plan.normalized_schema, submission.schema_hash)
-    envelope = submission.envelope if isinstance(submission.envelope, dict) else {}
-    return build_preview(
-        plan.normalized_schema,
-        envelope.get("payload"),
-        plan.generated_sql,
-        warnings,
-        target_checked=pending,
-    )
 
 
 def _require_post(request: HttpRequest) -> HttpResponse | None:
@@ -648,14 +625,7 @@ class SchemaDraftAdmin(nested_admin.NestedModelAdmin):
             messages.error(request, f"The builder could not render this draft's SQL: {exc}")
         else:
             if isinstance(planned, Prepared):
-                schema = planned.schema.to_dict()
-                preview = build_preview(
-                    schema,
-                    planned.envelope.payload,
-                    planned.migration.script,
-                    targetcheck.warnings_for(schema, planned.schema_hash),
-                    target_checked=True,
-                )
+                preview = targetcheck.draft_preview(planned)
             else:
                 issues = drafts.placed_issues(draft, planned.issues)
         context = {

@@ -1,10 +1,10 @@
-"""What the admin shows of a plan: the SQL highlighted, the normalized tables, and a diagram.
+"""What the admin shows of a plan: its operations, the SQL highlighted, the tables, a diagram.
 
 Pure functions of a plan (its normalized schema as `Schema.to_dict()` gives it, the request's
-raw payload, its SQL and warnings); the admin gets them from `builder.pipeline.prepare` for a
-draft and from the stored `SchemaPlan` for a submission. The HTML they return is built here,
-on the server: the SQL through Pygments with inline styles, the diagram as inline SVG, so the
-pages need no script and no stylesheet from elsewhere.
+raw payload, its SQL, its operations in their JSON form (`Operation.to_dict()`) and warnings);
+`revos_schema.targetcheck` gathers them, planned against the target database when it can be
+read. The HTML they return is built here, on the server: the SQL through Pygments with inline
+styles, the diagram as inline SVG, so the pages need no script and no stylesheet from elsewhere.
 """
 
 from __future__ import annotations
@@ -72,6 +72,97 @@ class Edge:
     on_delete: str
 
 
+RISKS = ("safe", "review", "destructive")
+
+IN_TRANSACTION = "in the transaction"
+AFTER_COMMIT = "after COMMIT"
+NOT_RUN = "not run (blocker)"
+
+
+def where_it_runs(operation: Mapping[str, Any]) -> str:
+    """Where an operation's statements run: in the apply's transaction, after its COMMIT, both."""
+    inside = bool(operation.get("sql"))
+    after = bool(operation.get("after_commit"))
+    if inside and after:
+        return f"{IN_TRANSACTION}, then {AFTER_COMMIT}"
+    if after:
+        return AFTER_COMMIT
+    return IN_TRANSACTION if inside else NOT_RUN
+
+
+@dataclass(frozen=True)
+class OperationView:
+    """One operation of a plan, as a row of the preview."""
+
+    description: str
+    risk: str
+    rule: str | None
+    reason: str
+    where: str
+    blocker: str | None
+    table: str
+
+
+@dataclass(frozen=True)
+class PlanView:
+    """The operations of a plan, its level of risk, what the gate decides, and its notes.
+
+    `source` says what the plan was made against, in words (the target database now, the
+    target when the request was held, or an empty database).
+    """
+
+    operations: tuple[OperationView, ...]
+    risk: str
+    notes: tuple[str, ...]
+    decision: str
+    decision_text: str
+    source: str
+    against_target: bool
+
+    @property
+    def blockers(self) -> tuple[OperationView, ...]:
+        return tuple(op for op in self.operations if op.blocker)
+
+    @property
+    def after_commit(self) -> bool:
+        return any(AFTER_COMMIT in op.where for op in self.operations)
+
+
+def operation_view(operation: Mapping[str, Any]) -> OperationView:
+    """The row of one operation in its JSON form (`Operation.to_dict()`)."""
+    risk = str(operation.get("risk") or "safe")
+    return OperationView(
+        description=str(operation.get("description") or operation.get("action") or ""),
+        risk=risk if risk in RISKS else "review",
+        rule=operation.get("rule") or None,
+        reason=str(operation.get("reason") or ""),
+        where=where_it_runs(operation),
+        blocker=operation.get("blocker") or None,
+        table=str(operation.get("table") or ""),
+    )
+
+
+def plan_view(
+    operations: Iterable[Mapping[str, Any]],
+    *,
+    risk: str,
+    notes: Iterable[str] = (),
+    decision: str = "",
+    decision_text: str = "",
+    source: str = "",
+    against_target: bool = False,
+) -> PlanView:
+    return PlanView(
+        operations=tuple(operation_view(op) for op in operations),
+        risk=risk,
+        notes=tuple(notes),
+        decision=decision,
+        decision_text=decision_text,
+        source=source,
+        against_target=against_target,
+    )
+
+
 @dataclass(frozen=True)
 class Preview:
     sql: str
@@ -82,6 +173,10 @@ class Preview:
     warnings: tuple[str, ...]
     # Whether the warnings include what the target holds now (they do while a plan waits).
     target_checked: bool = False
+    # The plan's operations (None for a plan stored without them).
+    plan: PlanView | None = None
+    # Why the plan shown is not one made against the target now (it could not be read).
+    fallback: str = ""
 
 
 def build_preview(
@@ -91,6 +186,8 @@ def build_preview(
     warnings: Iterable[str] = (),
     *,
     target_checked: bool = False,
+    plan: PlanView | None = None,
+    fallback: str = "",
 ) -> Preview:
     """Everything the preview shows of one plan."""
     tables = tables_of(normalized, payload)
@@ -103,6 +200,8 @@ def build_preview(
         svg=diagram_svg(tables, edges),
         warnings=tuple(warnings),
         target_checked=target_checked,
+        plan=plan,
+        fallback=fallback,
     )
 
 

@@ -139,8 +139,8 @@ def submit_envelope(
 
     events: list[dict[str, Any]] = []
     try:
-        # The target is reached only by a request that is going to be applied: a blocked,
-        # preview or held answer does not wait for an unreachable target.
+        # The target is reached only by a valid request (a preview and a held one are planned
+        # against it too): an invalid request does not wait for an unreachable target.
         outcome = run_schema_builder(
             raw,
             target_connection,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import re
 from typing import Any
@@ -9,7 +10,7 @@ from typing import Any
 import pytest
 from psycopg import sql
 
-from builder.pipeline import Prepared, prepare
+from builder.pipeline import Prepared, plan_against, prepare
 from revos_schema import drafts, preview, targetcheck
 from revos_schema.preview import (
     AUTO_COLUMNS,
@@ -163,8 +164,10 @@ def test_build_preview_gathers_it_all():
 
 
 @pytest.mark.django_db
-def test_a_drafts_preview_shows_sql_diagram_tables_and_warnings(client, target, target_conn):
-    # The target already has a table of this name: the preview says it will be left alone.
+def test_a_drafts_preview_shows_the_plan_against_the_target_sql_diagram_and_tables(
+    client, target, target_conn
+):
+    # The target already has a table of this name, made by hand: the plan says what it lacks.
     target_conn.execute(sql.SQL("CREATE TABLE {} (x int)").format(sql.Identifier(target, "visits")))
     draft = drafts.import_envelope(two_table_envelope())
     client.force_login(staff("author", "Authors"))
@@ -179,17 +182,22 @@ def test_a_drafts_preview_shows_sql_diagram_tables_and_warnings(client, target, 
     space = '<span style="color: #BBB"> </span>'
     assert keyword.format("CREATE") + space + keyword.format("TABLE") in body
     assert f'"{target}"' in body  # the SQL is for the target's schema
-    assert "Table &#x27;visits&#x27; exists already in the target" in body
+    # The plan: patients is created; visits gets its columns, but not a primary key column.
+    shown = page.context["preview"]
+    assert shown.plan.against_target and shown.fallback == ""
+    assert "create table &#x27;patients&#x27;" in body
+    assert "add column &#x27;starts_at&#x27; TIMESTAMPTZ to &#x27;visits&#x27;" in body
+    assert "Adding a primary key column to an existing table is not automatically applicable" in (
+        html.unescape(body)
+    )
+    assert shown.plan.decision == "block"
+    assert "Column visits.x is in the database but not in the payload" in body
     # The legend, then per table its five automatic columns and two default indexes.
     assert body.count('<span class="wf106-auto">auto</span>') == 1 + 2 * (5 + 2)
     assert 'id="wf106-submit"' in body
-    assert page.context["preview"].sql == planned_sql(draft)
-
-
-def planned_sql(draft) -> str:
-    result = drafts.plan(draft)
-    assert isinstance(result, Prepared)
-    return result.migration.script
+    prepared = drafts.plan(draft)
+    assert isinstance(prepared, Prepared)
+    assert shown.sql == plan_against(target_conn, prepared.schema, target).migration.script
 
 
 @pytest.mark.django_db
@@ -215,7 +223,7 @@ def test_a_target_that_cannot_be_read_is_a_warning(target, target_conn):
         sql.SQL("CREATE TABLE {} (x int)").format(sql.Identifier(target, "schema_migrations"))
     )
 
-    warnings = targetcheck.warnings_for({"version": "1", "tables": [{"name": "a"}]}, "abc")
+    warnings = targetcheck.warnings_for(planned(two_table_envelope()))
 
     assert len(warnings) == 1
     assert warnings[0].startswith("The target database could not be read, so it was not checked")
@@ -225,20 +233,13 @@ def test_a_target_that_cannot_be_read_is_a_warning(target, target_conn):
 def test_the_target_says_whether_the_version_is_applied(target, target_conn):
     envelope = two_table_envelope()
     plan = planned(envelope)
-    normalized = plan.schema.to_dict()
-    assert targetcheck.warnings_for(normalized, plan.schema_hash) == []
+    assert targetcheck.warnings_for(plan) == []
     from revos_schema.services import submit_envelope
 
     submit_envelope(envelope, source="cli")
 
-    same = targetcheck.warnings_for(normalized, plan.schema_hash)
-    other = targetcheck.warnings_for(normalized, "0" * 64)
-    assert same[:2] == [
-        "Table 'patients' exists already in the target: CREATE TABLE IF NOT EXISTS leaves it as "
-        "it is, so its columns will not be changed.",
-        "Table 'visits' exists already in the target: CREATE TABLE IF NOT EXISTS leaves it as "
-        "it is, so its columns will not be changed.",
-    ]
-    assert same[2].startswith("Version 042 was applied with this exact definition on ")
-    assert same[2].endswith("applying it again changes nothing (noop).")
-    assert other[2].startswith("Version 042 was applied with a different definition on ")
+    [same] = targetcheck.warnings_for(plan)
+    [other] = targetcheck.warnings_for(dataclasses.replace(plan, schema_hash="0" * 64))
+    assert same.startswith("Version 042 was applied with this exact definition on ")
+    assert same.endswith("applying it again changes nothing (noop).")
+    assert other.startswith("Version 042 was applied with a different definition on ")
