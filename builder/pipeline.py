@@ -454,13 +454,13 @@ def _held(
     warnings = (
         [] if emit is None else _emit(emit, _event("schema_migration_pending_approval", prepared))
     )
-    why = "" if verdict is None else f" {verdict.reason}"
+    why = "" if verdict is None else f" ({verdict.reason})"
     response = output_envelope(
         prepared.envelope,
         status=Status.PENDING_APPROVAL,
         summary=(
             f"Schema v{schema.version} ({len(schema.tables)} tables, risk {plan.risk}) waits "
-            f"for an approver; nothing was executed.{why.replace(' it waits for an approver', '')}"
+            f"for an approver{why}; nothing was executed."
         ),
         latency_ms=_elapsed_ms(started),
         primary_outputs={**_plan_outputs(prepared, plan), "warnings": warnings},

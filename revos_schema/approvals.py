@@ -8,9 +8,9 @@ the rules live here once:
   `WF106_ALLOW_SELF_APPROVAL` is on (403 otherwise);
 - only a `pending_approval` submission can be decided, once (409 otherwise);
 - what is approved is what was shown: the stored request must normalize to the same schema hash
-  (409 otherwise), and the apply plans it again against the target under its lock: if that plan's
-  SQL differs from the one shown (the database changed in between), nothing runs and the
-  answer is `conflict` (409);
+  (409 otherwise), and its plan against the target must still be the SQL shown (409 otherwise,
+  the submission stays held); the apply plans it again under the target's lock, and if a change
+  landed in between, nothing runs and the answer is `conflict` (409);
 - a rejection has a reason (400 otherwise).
 """
 
@@ -25,7 +25,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from builder.pipeline import Outcome, Prepared, apply_prepared, prepare
+from builder.pipeline import Outcome, Prepared, apply_prepared, plan_against, prepare
 from builder.request.body import sha256_prefixed
 from builder.request.envelope import WORKFLOW_NAME, output_envelope, parse_envelope
 from builder.status import Status
@@ -94,6 +94,7 @@ def approve(submission_id: Any, *, user: Any, reason: str = "") -> tuple[Outcome
         if refused is not None:
             raise refused
         prepared = _same_plan(submission)
+        _still_the_shown_plan(prepared, submission)
         _decide(submission, Decision.APPROVED, user, reason)
         submission.status = SchemaSubmission.Status.RECEIVED
         submission.save(update_fields=[*_DECISION_FIELDS, "status"])
@@ -163,6 +164,24 @@ def _same_plan(submission: SchemaSubmission) -> Prepared:
             "nothing was run. Submit it again to review the new plan.",
         )
     return prepared
+
+
+def _still_the_shown_plan(prepared: Prepared, submission: SchemaSubmission) -> None:
+    """Plan the request against the target again; refuse (409) unless its SQL is the one shown.
+
+    The submission stays held: an approver reviews the new plan after it is submitted again.
+    The apply checks once more under the target's lock, for a change that lands in between.
+    """
+    target_schema = services.builder_settings().target_schema
+    with services.target_connection() as conn:
+        plan = plan_against(conn, prepared.schema, target_schema)
+    if plan.migration.script != submission.generated_sql:
+        raise DecisionRefused(
+            409,
+            "The plan against the target differs from the approved plan (the database or the "
+            "builder changed since it was shown); nothing was run. Submit the request again to "
+            "review the new plan.",
+        )
 
 
 def _decide(submission: SchemaSubmission, action: str, user: Any, reason: str) -> None:

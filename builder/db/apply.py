@@ -145,10 +145,12 @@ def apply_attempt(
             return _found(Status.NOOP, existing, started)
     planned: list[Plan] = []  # the plan made under the lock, for the record of a failure
     try:
-        with conn.transaction():
+        with conn.transaction() as transaction:
             result = _apply_locked(
                 conn, attempt, settings, not ledger_found, before_commit, planned
             )
+            if isinstance(result, ApplyResult) and result.status != Status.APPLIED:
+                raise psycopg.Rollback(transaction)  # held or blocked: nothing is kept
     except _CallerError as failure:
         error = f"rolled back: recording the attempt failed: {failure.__cause__!r}"
         _record_failure(conn, attempt, planned, settings, error, started)

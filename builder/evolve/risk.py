@@ -103,9 +103,11 @@ def gate(
     if approved:
         return Verdict(Decision.APPLY, "Approved.")
     if level == Risk.DESTRUCTIVE:
-        return Verdict(Decision.HOLD, "The plan is destructive: it waits for an approver.")
-    if hold or profile == REVIEW_PROFILE:
-        return Verdict(Decision.HOLD, "Every plan waits for an approver.")
+        return Verdict(Decision.HOLD, "the plan is destructive")
+    if hold:
+        return Verdict(Decision.HOLD, "approval is required")
+    if profile == REVIEW_PROFILE:
+        return Verdict(Decision.HOLD, "the review profile holds every plan")
     if level == Risk.REVIEW and profile != PERMISSIVE_PROFILE:
-        return Verdict(Decision.HOLD, "The plan needs review: it waits for an approver.")
+        return Verdict(Decision.HOLD, "the plan needs review")
     return Verdict(Decision.APPLY, f"A {level} plan under the {profile} profile is applied.")

@@ -122,7 +122,9 @@ def test_approving_in_the_admin_applies_the_plan_that_was_shown(client, target, 
         approver,
     )
     body = response.content.decode()
-    assert messages_of(response) == ["Approved. Applied schema v042: 2 tables (2 created)."]
+    assert messages_of(response) == [
+        "Approved. Applied schema v042: 2 tables (2 created), 4 operations."
+    ]
     assert "<h2>Status: Applied</h2>" in body
     assert "<strong>Approved</strong> by <strong>approver</strong>" in body
     assert f"on {submission.decided_at:%Y-%m-%d %H:%M:%S} UTC" in body
@@ -275,7 +277,10 @@ def test_a_held_submissions_page_shows_its_preview(client, target):
     assert 'class="wf106-diagram"' in body
     assert body.count('class="wf106-edge"') == 1
     assert "SQL, exactly as it will run" in body
-    assert "Schema v042 (2 tables) waits for an approver; nothing was executed." in body
+    assert (
+        "Schema v042 (2 tables, risk safe) waits for an approver (approval is required); nothing "
+        "was executed." in body
+    )
 
 
 @pytest.mark.django_db(databases=["default", "target"])

@@ -265,19 +265,27 @@ def test_blocked_lists_every_error_and_is_stored(client, target):
 def test_failed_is_500_rolled_back_recorded_and_without_internals(client, target, target_conn):
     assert post(client, envelope([PATIENTS])).status_code == 200
     table = sql.Identifier(target, "patients")
-    for _ in range(2):
-        target_conn.execute(
-            sql.SQL(
-                "INSERT INTO {} (tenant_id, first_name, last_name, mrn) "
-                "VALUES ('00000000-0000-0000-0000-00000000000a', 'a', 'b', 'dup')"
-            ).format(table)
-        )
-    unique_mrn = {**PATIENTS, "indexes": [{"columns": ["mrn"], "unique": True}]}
-    response = post(client, envelope([unique_mrn], version="002"))
+    target_conn.execute(
+        sql.SQL(
+            "INSERT INTO {} (tenant_id, first_name, last_name, mrn) "
+            "VALUES ('00000000-0000-0000-0000-00000000000a', 'a', 'b', 'not a number')"
+        ).format(table)
+    )
+    # A type change the profile lets through, whose cast fails on the rows: inside the apply's
+    # transaction, so all of it is rolled back.
+    numeric_mrn = {
+        **PATIENTS,
+        "columns": [
+            {**c, "type": "INTEGER"} if c["name"] == "mrn" else c for c in PATIENTS["columns"]
+        ],
+    }
+    body = envelope([numeric_mrn], version="002")
+    body["context"]["validation_profile"] = "permissive"
+    response = post(client, body)
     assert response.status_code == 500
     data = response.json()
     assert_envelope(data, "failed")
-    assert data["result"]["error"].startswith("23505")
+    assert data["result"]["error"].startswith("22P02")
     text = response.content.decode()
     assert "Traceback" not in text and "password" not in text.lower()
     assert data["audit"]["data_written"][0]["status"] == "failed"
@@ -290,8 +298,14 @@ def test_failed_is_500_rolled_back_recorded_and_without_internals(client, target
     # Stored as `received` while its script ran, then updated with the outcome (no event).
     stored = SchemaSubmission.objects.get(pk=data["result"]["submission_id"])
     assert (stored.status, stored.http_status) == ("failed", 500)
-    assert stored.error_message.startswith("23505")
+    assert stored.error_message.startswith("22P02")
     assert stored.response["result"]["error"] == data["result"]["error"]
+    mrn_type = target_conn.execute(
+        "SELECT data_type FROM information_schema.columns "
+        "WHERE table_schema = %s AND table_name = 'patients' AND column_name = 'mrn'",
+        [target],
+    ).fetchone()
+    assert mrn_type == ("text",)
     assert stored.generated_sql.startswith("-- WF106 schema v002")
     assert not SchemaEvent.objects.filter(submission=stored).exists()
 
@@ -574,7 +588,7 @@ def test_an_unreachable_service_database_is_503_with_the_envelope(
 
 @pytest.mark.parametrize(
     ("change", "expected"),
-    [({"dry_run": True}, 200), ({"tables": "none"}, 400)],
+    [({"dry_run": True}, 503), ({"tables": "none"}, 400)],
 )
 def test_answers_that_need_no_target_do_not_wait_for_an_unreachable_one(
     client, target, settings, monkeypatch, change, expected

@@ -258,7 +258,7 @@ def test_an_approval_is_refused_when_the_plan_is_no_longer_what_was_shown(
     response = post(client_for(approver), f"{held['submission_url']}/approve")
 
     assert response.status_code == 409
-    assert "changed since it was shown" in response.json()["result"]["summary"]
+    assert "differs from the approved plan" in response.json()["result"]["summary"]
     assert tables_in(target_conn, target) == []
     assert SchemaSubmission.objects.get(pk=stored.pk).status == "pending_approval"
 

@@ -85,7 +85,13 @@ def test_dry_run_is_a_preview_with_the_sql_and_plan():
     outputs = outcome.response["result"]["primary_outputs"]
     assert outputs["sql"] == outcome.migration.script
     assert outputs["table_count"] == 10
-    assert [step["table"] for step in outputs["plan"]][:2] == ["tenants", "users"]
+    steps = [(step["action"], step["table"] or step["subject"]) for step in outputs["plan"]]
+    assert steps[:3] == [
+        ("create_function", "wf106_set_updated_at"),
+        ("create_table", "tenants"),
+        ("create_table", "users"),
+    ]
+    assert outputs["risk"]["level"] == "safe"
     assert outcome.idempotency_key == f"idem:wf106:t_001:001:{outcome.schema_hash}"
 
 

@@ -50,6 +50,23 @@ def relations(conn: psycopg.Connection, schema: str) -> set[str]:
     return {r[0] for r in rows}
 
 
+def column_type(conn: psycopg.Connection, schema: str, table: str, column: str) -> str:
+    return conn.execute(
+        "SELECT data_type FROM information_schema.columns "
+        "WHERE table_schema = %s AND table_name = %s AND column_name = %s",
+        [schema, table, column],
+    ).fetchone()[0]
+
+
+def ledger_metadata(conn: psycopg.Connection, schema: str, row_id: Any) -> dict[str, Any]:
+    return conn.execute(
+        sql.SQL("SELECT metadata FROM {} WHERE id = %s").format(
+            sql.Identifier(schema, "schema_migrations")
+        ),
+        [row_id],
+    ).fetchone()[0]
+
+
 def test_apply_then_noop_then_conflict(target_conn, target_schema):
     settings = settings_for(target_schema)
     first = run_schema_builder(envelope([PATIENTS]), target_conn, settings=settings)
@@ -94,13 +111,56 @@ def test_foundation_fixtures_apply_in_sequence(target_conn, target_schema):
     assert v1.response["result"]["primary_outputs"]["tables_created"] == 10
     v2 = run_schema_builder(load_fixture("foundation_v002.json"), target_conn, settings=settings)
     assert v2.status == "applied", v2.response
-    # v002 adds one table; the others exist and are reported as left unchanged.
-    assert v2.response["result"]["primary_outputs"]["tables_created"] == 1
-    assert len(v2.response["result"]["primary_outputs"]["warnings"]) == 10
+    outputs = v2.response["result"]["primary_outputs"]
+    # v002 adds one table; the ten that exist are compared with it, not skipped.
+    assert outputs["tables_created"] == 1
+    assert outputs["verification"] == {"ok": True, "differences": []}
     assert "insurance_policies" in relations(target_conn, target_schema)
+    assert not any("already existed" in w for w in outputs["warnings"])
 
 
 def test_failed_migration_rolls_back_and_is_recorded(target_conn, target_schema):
+    settings = settings_for(target_schema)
+    assert run_schema_builder(envelope([PATIENTS]), target_conn, settings=settings).status == (
+        "applied"
+    )
+    table = sql.Identifier(target_schema, "patients")
+    target_conn.execute(
+        sql.SQL(
+            "INSERT INTO {} (tenant_id, first_name, last_name, mrn) "
+            "VALUES ('00000000-0000-0000-0000-00000000000a', 'a', 'b', 'not a number')"
+        ).format(table)
+    )
+    before = relations(target_conn, target_schema)
+    # A type change the profile lets through, whose cast fails on the row: it runs inside the
+    # apply's transaction, with the new table, and all of it is rolled back.
+    numeric_mrn = {
+        **PATIENTS,
+        "columns": [
+            {**c, "type": "INTEGER"} if c["name"] == "mrn" else c for c in PATIENTS["columns"]
+        ],
+    }
+    request = envelope([numeric_mrn, APPOINTMENTS], version="002")
+    request["context"]["validation_profile"] = "permissive"
+    outcome = run_schema_builder(request, target_conn, settings=settings)
+    assert outcome.status == "failed"
+    assert outcome.http_status == 500
+    assert outcome.error.startswith("22P02")
+    assert outcome.response["result"]["error"] == outcome.error
+    # Nothing of 002 is left behind: no appointments table, mrn still text.
+    assert relations(target_conn, target_schema) == before
+    assert column_type(target_conn, target_schema, "patients", "mrn") == "text"
+    rows = ledger_rows(target_conn, target_schema)
+    assert [(r[0], r[1]) for r in rows] == [("001", "success"), ("002", "failed")]
+    assert rows[1][3] == outcome.migration.script
+    assert 'ALTER COLUMN "mrn" TYPE INTEGER' in rows[1][3]
+    assert "22P02" in rows[1][4]
+    assert outcome.response["audit"]["data_written"][0]["status"] == "failed"
+
+
+def test_a_failed_concurrent_index_leaves_no_invalid_index_and_is_recorded(
+    target_conn, target_schema
+):
     settings = settings_for(target_schema)
     assert run_schema_builder(envelope([PATIENTS]), target_conn, settings=settings).status == (
         "applied"
@@ -113,7 +173,6 @@ def test_failed_migration_rolls_back_and_is_recorded(target_conn, target_schema)
                 "VALUES ('00000000-0000-0000-0000-00000000000a', 'a', 'b', 'MRN-1')"
             ).format(table)
         )
-    before = relations(target_conn, target_schema)
     unique_mrn = {
         **PATIENTS,
         "indexes": [*PATIENTS["indexes"], {"columns": ["mrn"], "unique": True}],
@@ -121,28 +180,27 @@ def test_failed_migration_rolls_back_and_is_recorded(target_conn, target_schema)
     outcome = run_schema_builder(
         envelope([unique_mrn, APPOINTMENTS], version="002"), target_conn, settings=settings
     )
-    assert outcome.status == "failed"
-    assert outcome.http_status == 500
-    assert outcome.error.startswith("23505")
-    assert outcome.response["result"]["error"] == outcome.error
-    # Nothing of 002 is left behind: no appointments table, no new index.
-    assert relations(target_conn, target_schema) == before
+    # The transaction committed (the new table is there); the unique index, built
+    # concurrently after it because patients holds rows, failed on the duplicates.
+    assert outcome.status == "failed", outcome.response
+    assert "23505" in outcome.error
+    assert "appointments" in relations(target_conn, target_schema)
+    assert "idx_patients_mrn" not in relations(target_conn, target_schema)
+    invalid = target_conn.execute(
+        "SELECT count(*) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s "
+        "AND NOT i.indisvalid",
+        [target_schema],
+    ).fetchone()[0]
+    assert invalid == 0
     rows = ledger_rows(target_conn, target_schema)
     assert [(r[0], r[1]) for r in rows] == [("001", "success"), ("002", "failed")]
-    assert rows[1][3] == outcome.migration.script
-    assert "23505" in rows[1][4]
-    assert outcome.response["audit"]["data_written"][0]["status"] == "failed"
-
-    # A second failed attempt of the same version is recorded too (no UNIQUE(version, status)).
-    again = run_schema_builder(
-        envelope([unique_mrn, APPOINTMENTS], version="002"), target_conn, settings=settings
-    )
-    assert again.status == "failed"
-    assert [r[1] for r in ledger_rows(target_conn, target_schema)] == [
-        "success",
-        "failed",
-        "failed",
-    ]
+    assert "CREATE UNIQUE INDEX CONCURRENTLY" in rows[1][3]
+    metadata = ledger_metadata(target_conn, target_schema, outcome.migration_log_id)
+    steps = metadata["steps"]
+    assert [s["status"] for s in steps if s["sql"].startswith("CREATE UNIQUE")] == ["failed"]
+    assert any(s["sql"].startswith("DROP INDEX CONCURRENTLY") for s in steps)
+    assert outcome.response["result"]["primary_outputs"]["steps"] == steps
 
 
 @pytest.mark.slow
@@ -461,10 +519,8 @@ def test_the_ledger_row_names_what_the_script_created_as_the_server_saw_it(
     assert metadata["indexes_created"] == created
     outputs = outcome.response["result"]["primary_outputs"]
     assert (outputs["tables_created"], outputs["indexes_created"]) == (1, len(created))
-    assert outputs["warnings"] == [
-        "Table 'patients' already existed; its columns were left unchanged "
-        "(comparing existing tables with the schema is not built yet)."
-    ]
+    assert outputs["warnings"] == []
+    assert outputs["verification"]["ok"] is True
 
 
 class _WorkerStopping(BaseException):

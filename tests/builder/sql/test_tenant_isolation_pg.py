@@ -12,7 +12,7 @@ import pytest
 from psycopg import sql
 
 from builder.db.apply import ApplySettings
-from builder.pipeline import run_schema_builder
+from builder.pipeline import Prepared, apply_prepared, prepare, run_schema_builder
 from tests.builder.helpers import PATIENTS, envelope
 
 TENANT_A = "00000000-0000-0000-0000-00000000000a"
@@ -387,28 +387,43 @@ def test_an_apply_names_what_tables_built_before_leave_open_between_tenants(
             ),
         )
     )
-    outcome = run_schema_builder(
-        envelope([RECORDS, NOTES, REGIONS]),
-        target_conn,
-        settings=ApplySettings(target_schema=target_schema),
+    settings = ApplySettings(target_schema=target_schema)
+    # The payload's unique index on `code` has the name of the hand-made global one: blocked.
+    blocked = run_schema_builder(
+        envelope([RECORDS, NOTES, REGIONS]), target_conn, settings=settings
     )
+    assert blocked.status == "blocked", blocked.response
+    errors = blocked.response["result"]["validation_errors"]
+    assert [(e["path"], e["code"]) for e in errors] == [("payload.tables[0]", "changed-definition")]
+    assert "'idx_records_code' exists with another definition" in errors[0]["message"]
 
-    assert outcome.status == "applied", outcome.response
-    warnings = outcome.response["result"]["primary_outputs"]["warnings"]
-    gaps = [w for w in warnings if "already existed" not in w]
-    assert len(gaps) == 3, warnings
-    assert "'records' has the unique index 'idx_records_code' (btree (code))" in gaps[0]
-    assert "'records' has the unique index 'records_email_key' (btree (email))" in gaps[1]
-    assert "unique across tenants" in gaps[1]
-    assert "foreign key 'notes_record_id_fkey' of table 'notes' references 'records'" in gaps[2]
-    assert "without tenant_id" in gaps[2]
-    # Tables made by the builder raise none.
-    again = run_schema_builder(
-        envelope([REGIONS], version="002"),
-        target_conn,
-        settings=ApplySettings(target_schema=target_schema),
+    # Without that index, the plan replaces the single-tenant keys: a review plan, held.
+    records_only_email = {**RECORDS, "indexes": []}
+    request = envelope([records_only_email, NOTES, REGIONS])
+    held = run_schema_builder(request, target_conn, settings=settings)
+    assert held.status == "pending_approval", held.response
+    risk = held.response["result"]["primary_outputs"]["risk"]
+    assert risk["level"] == "review"
+    assert {(f["rule"], f["subject"]) for f in risk["findings"]} >= {
+        ("changed-definition", "records_email_key"),
+        ("changed-definition", "notes_record_id_fkey"),
+    }
+    assert any("'idx_records_code' of 'records'" in note for note in risk["notes"])
+
+    # Approved, it is applied; what is left open between tenants is named.
+    prepared = prepare(request, target_schema=target_schema)
+    assert isinstance(prepared, Prepared) and held.migration is not None
+    outcome = apply_prepared(
+        prepared, target_conn, settings=settings, approved_checksum=held.migration.checksum
     )
-    assert again.response["result"]["primary_outputs"]["warnings"] == [
-        "Table 'regions' already existed; its columns were left unchanged "
-        "(comparing existing tables with the schema is not built yet)."
-    ]
+    assert outcome.status == "applied", outcome.response
+    outputs = outcome.response["result"]["primary_outputs"]
+    assert outputs["verification"] == {"ok": True, "differences": []}
+    gaps = [w for w in outputs["warnings"] if "left as it is" not in w]
+    assert len(gaps) == 1, outputs["warnings"]
+    assert "'records' has the unique index 'idx_records_code' (btree (code))" in gaps[0]
+    assert "unique across tenants" in gaps[0]
+    # Tables made by the builder raise none.
+    again = run_schema_builder(envelope([REGIONS], version="002"), target_conn, settings=settings)
+    assert again.status == "applied"
+    assert again.response["result"]["primary_outputs"]["warnings"] == []
