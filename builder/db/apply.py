@@ -37,8 +37,9 @@ from psycopg.pq import TransactionStatus
 from builder.db import catalog, introspect, ledger
 from builder.errors import CallerFailed
 from builder.evolve.plan import Plan, catalog_names, make_plan, tables_needing_rows
-from builder.evolve.risk import SAFE_PROFILE, Decision, Verdict, gate
+from builder.evolve.risk import Decision, Verdict, gate
 from builder.evolve.verify import verify
+from builder.request.envelope import SAFE_PROFILE
 from builder.schema.names import UPDATED_AT_FUNCTION
 from builder.schema.spec import Schema
 from builder.status import LedgerStatus, Status

@@ -9,16 +9,19 @@ cannot be applied automatically at all (a `blocker`): those stop the plan under 
 | profile      | safe plan | review plan | destructive plan                              |
 |--------------|-----------|-------------|-----------------------------------------------|
 | `safe`       | applied   | held        | blocked, or held if `allow_destructive`       |
-| `review`     | held      | held        | blocked, or held if `allow_destructive`       |
-| `permissive` | applied   | applied     | blocked, or held if `allow_destructive`       |
+| `review`     | held      | held        | held                                          |
+| `permissive` | applied   | applied     | held                                          |
 
-An approved plan is applied whatever its level (a blocker still stops it).
+A destructive plan is never applied without an approver. An approved plan is applied whatever
+its level (a blocker still stops it).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+
+from builder.request.envelope import PERMISSIVE_PROFILE, REVIEW_PROFILE, SAFE_PROFILE
 
 
 class Risk(StrEnum):
@@ -59,11 +62,6 @@ class Decision(StrEnum):
     BLOCK = "block"
 
 
-SAFE_PROFILE = "safe"
-REVIEW_PROFILE = "review"
-PERMISSIVE_PROFILE = "permissive"
-
-
 @dataclass(frozen=True)
 class Verdict:
     """What the gate decided, and why (one sentence for the answer's summary)."""
@@ -93,11 +91,11 @@ def gate(
             f"{blockers} operation(s) cannot be applied automatically; nothing was executed.",
             "plan_not_applicable",
         )
-    if level == Risk.DESTRUCTIVE and not allow_destructive:
+    if level == Risk.DESTRUCTIVE and profile == SAFE_PROFILE and not allow_destructive:
         return Verdict(
             Decision.BLOCK,
-            "The plan drops data or objects and the payload does not set allow_destructive; "
-            "nothing was executed.",
+            "The plan drops data or objects and the payload does not set allow_destructive "
+            "(required under the safe profile); nothing was executed.",
             "destructive_not_allowed",
         )
     if approved:
