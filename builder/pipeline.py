@@ -30,7 +30,7 @@ from builder.db import introspect
 from builder.db.ledger import LEDGER_TABLE
 from builder.errors import SchemaValidationError, UnsafeSQLError, ValidationIssue
 from builder.evolve.plan import Plan, catalog_names, make_plan, tables_needing_rows
-from builder.evolve.risk import Verdict, gate
+from builder.evolve.risk import Risk, Verdict, gate
 from builder.request.body import canonical_dumps
 from builder.request.envelope import (
     REVIEW_PROFILE,
@@ -202,6 +202,14 @@ def _reserved_name_issues(schema: Schema) -> list[ValidationIssue]:
         )
         for index, table in enumerate(schema.tables)
         if table.name in RESERVED_TABLE_NAMES
+    ] + [
+        ValidationIssue(
+            path=f"payload.drop_tables[{index}]",
+            code="reserved_name",
+            message=f"The table {name!r} is the migration ledger; it is never dropped.",
+        )
+        for index, name in enumerate(schema.drop_tables)
+        if name in RESERVED_TABLE_NAMES
     ]
 
 
@@ -252,9 +260,9 @@ def run_schema_builder(
             return _held(prepared, plan, None, emit, started)
         raise ValueError("a connection to the target database is needed to apply")
     if isinstance(conn, psycopg.Connection):
-        return _against_target(prepared, conn, settings, emit, before_commit, held, started)
+        return _against_target(prepared, conn, settings, emit, before_commit, hold, started)
     with conn() as lent:
-        return _against_target(prepared, lent, settings, emit, before_commit, held, started)
+        return _against_target(prepared, lent, settings, emit, before_commit, hold, started)
 
 
 def _against_target(
@@ -347,7 +355,7 @@ def apply_prepared(
     if result.status == Status.BLOCKED:
         assert result.plan is not None and result.verdict is not None
         return _gate_blocked(prepared, result.plan, result.verdict, started)
-    warnings = _warnings(result)
+    warnings = _warnings(result, approved=approved_checksum is not None)
     if result.status == Status.APPLIED and emit is not None:
         warnings.extend(_emit(emit, _event("schema_migration_applied", prepared, result)))
     return _finished(prepared, result, warnings, started)
@@ -625,10 +633,18 @@ def _counts(prepared: Prepared) -> dict[str, Any]:
     }
 
 
-def _warnings(result: applying.ApplyResult) -> list[str]:
+def _warnings(result: applying.ApplyResult, *, approved: bool = False) -> list[str]:
     warnings = list(result.isolation_gaps)
     if result.plan is not None:
         warnings.extend(result.plan.notes)
+        # What the profile let through without an approver is said, never done silently.
+        warnings.extend(
+            f"Applied without review ({op.rule}): "
+            + "; ".join(filter(None, [op.description, op.reason]))
+            + "."
+            for op in result.plan.operations
+            if op.risk != Risk.SAFE and not approved
+        )
     if result.verification is not None and not result.verification["ok"]:
         warnings.append(
             "Verification found differences between the database and the schema: "

@@ -48,6 +48,13 @@ def test_the_ledger_table_name_is_reserved():
     assert paths_and_codes(outcome) == {("payload.tables[0].name", "reserved_name")}
 
 
+def test_the_ledger_table_is_never_dropped():
+    request = envelope([PATIENTS], drop_tables=["old", "schema_migrations"], allow_destructive=True)
+    outcome = run_schema_builder(request, None)
+    assert outcome.status == "blocked"
+    assert paths_and_codes(outcome) == {("payload.drop_tables[1]", "reserved_name")}
+
+
 def test_meta_defaults_are_filled_and_run_id_is_kept():
     parsed = parse_envelope({"payload": {}})
     assert parsed.meta["workflow_name"] == "WF106"
