@@ -606,3 +606,43 @@ def test_answers_that_need_no_target_do_not_wait_for_an_unreachable_one(
     finally:
         services.close_target_pools()
     assert response.status_code == expected
+
+
+def test_a_schema_evolves_through_the_webhook(client, target, target_conn):
+    assert post(client, load_fixture("foundation_v001.json")).status_code == 200
+    target_conn.execute(
+        sql.SQL(
+            "INSERT INTO {} (tenant_id, first_name, last_name, mrn) "
+            "VALUES ('00000000-0000-0000-0000-00000000000a', 'a', 'b', 'MRN-1')"
+        ).format(sql.Identifier(target, "patients"))
+    )
+    preview = load_fixture("foundation_v002.json")
+    preview["payload"]["dry_run"] = True
+
+    response = post(client, preview)
+
+    assert response.status_code == 200
+    outputs = response.json()["result"]["primary_outputs"]
+    assert response.json()["result"]["status"] == "preview"
+    assert (
+        f'ALTER TABLE "{target}"."patients" ADD COLUMN IF NOT EXISTS "email" TEXT'
+        in (outputs["sql"])
+    )
+    assert {"level", "findings", "blockers", "notes"} <= set(outputs["risk"])
+    assert {op["action"] for op in outputs["plan"]} >= {"add_column", "create_table"}
+    assert "insurance_policies" not in {
+        r[0]
+        for r in target_conn.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = %s", [target]
+        )
+    }
+
+    response = post(client, load_fixture("foundation_v002.json"))
+
+    assert response.status_code == 200, response.json()
+    outputs = response.json()["result"]["primary_outputs"]
+    assert outputs["verification"] == {"ok": True, "differences": []}
+    assert [step["status"] for step in outputs["steps"]] == ["ran", "ran"]
+    stored = SchemaSubmission.objects.get(pk=response.json()["result"]["submission_id"])
+    assert stored.status == "applied"
+    assert stored.response["result"]["primary_outputs"]["verification"]["ok"] is True

@@ -245,3 +245,24 @@ def test_schema_verify_lists_versions_recorded_without_their_schema(target, targ
     assert error is None
     assert "Unverifiable (1):" in output
     assert "  - Version 001 was recorded without its schema; its tables are not checked." in output
+
+
+# --- the command line, version after version ------------------------------------------------
+
+
+def test_a_schema_evolves_through_the_commands(target, target_conn):
+    for path in (V001, V002):
+        output, error = run("schema_apply", path)
+        assert error is None, output
+        answer = json.loads(output)
+        assert answer["result"]["status"] == "applied"
+        assert answer["result"]["primary_outputs"]["verification"]["ok"] is True
+
+    output, error = run("schema_diff", V002)
+    assert error is None
+    assert output.startswith(
+        f"Plan of schema v002 against the target schema {target!r}: 0 operations, risk safe."
+    )
+    output, error = run("schema_verify")
+    assert error is None, output
+    assert "Versions read, in the order applied: 001, 002" in output
