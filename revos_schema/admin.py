@@ -230,7 +230,10 @@ class SchemaSubmissionAdmin(ReadOnlyAdmin):
         pending = submission.status == SchemaSubmission.Status.PENDING_APPROVAL
         refused = approvals.refusal(request.user, submission) if pending else None
         info = self.opts.app_label, self.opts.model_name
+        outputs = (submission.response or {}).get("result", {}).get("primary_outputs", {})
         return {
+            "verification": outputs.get("verification"),
+            "steps": outputs.get("steps", []),
             "submission": submission,
             "pending": pending,
             "can_decide": pending and refused is None,
@@ -279,10 +282,17 @@ class SchemaSubmissionAdmin(ReadOnlyAdmin):
         except approvals.DecisionRefused as refused:
             messages.error(request, refused.message)
         except psycopg.OperationalError:
+            still_held = SchemaSubmission.objects.filter(
+                pk=object_id, status=SchemaSubmission.Status.PENDING_APPROVAL
+            ).exists()
             messages.error(
                 request,
-                "The target database cannot be reached: nothing was applied. The submission is "
-                "recorded as failed.",
+                "The target database cannot be reached: nothing was applied. "
+                + (
+                    "Nothing was decided either; the submission still waits for an approver."
+                    if still_held
+                    else "The submission is recorded as failed."
+                ),
             )
         except services.OutcomeNotStored as exc:
             messages.error(

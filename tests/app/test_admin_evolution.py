@@ -18,7 +18,7 @@ from builder.pipeline import Prepared, run_schema_builder
 from revos_schema import drafts
 from revos_schema.models import SchemaSubmission
 from revos_schema.services import close_target_pools
-from tests.app.admin_helpers import DRAFTS_URL, SUBMISSIONS_URL, staff
+from tests.app.admin_helpers import DRAFTS_URL, SUBMISSIONS_URL, staff, two_table_envelope
 from tests.builder.helpers import load_fixture
 
 pytestmark = pytest.mark.django_db
@@ -252,3 +252,21 @@ def test_the_drift_page_is_linked_for_those_who_may_read_it(client, target):
 
     client.force_login(staff("drafter", superuser=False))
     assert 'id="wf106-drift-index-link"' not in client.get("/admin/").content.decode()
+
+
+def test_approving_while_the_target_is_down_decides_nothing(client, target, request):
+    draft = drafts.import_envelope(two_table_envelope("042"), user=staff("author", "Authors"))
+    _, submission = drafts.submit(draft, user=draft.created_by)
+    client.force_login(staff("approver", "Approvers"))
+    request.getfixturevalue("unreachable_target")
+
+    response = client.post(
+        f"/admin/revos_schema/schemasubmission/{submission.pk}/approve/", follow=True
+    )
+
+    assert [str(m) for m in response.context["messages"]] == [
+        "The target database cannot be reached: nothing was applied. Nothing was decided "
+        "either; the submission still waits for an approver."
+    ]
+    submission.refresh_from_db()
+    assert (submission.status, submission.decision) == ("pending_approval", "")
