@@ -11,12 +11,17 @@ from typing import Any
 
 import pytest
 from django.contrib.auth.models import User
+from psycopg import sql
 
+from builder.db.apply import ApplySettings
+from builder.pipeline import run_schema_builder
 from revos_schema import drafts
 from tests.app.admin_helpers import PASSWORD, staff, two_table_envelope
 from tests.app.test_approvals import tables_in
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+TENANT = "00000000-0000-0000-0000-00000000000a"
 
 
 def log_in(page: Any, base: str, user: User) -> None:
@@ -183,3 +188,66 @@ def test_a_drafts_problems_are_shown_next_to_its_fields(page, live_server, targe
         "was not submitted: the builder finds 2 problems"
         in page.locator(".messagelist").inner_text()
     )
+
+
+def test_a_schema_evolves_through_the_admin_and_drift_is_shown(
+    page, live_server, target, target_conn, screenshot
+):
+    base = live_server.url
+    # Version 041 is in the database, with a patient and a visit.
+    applied = run_schema_builder(
+        two_table_envelope("041"), target_conn, settings=ApplySettings(target_schema=target)
+    )
+    assert applied.status == "applied", applied.response
+    patient = target_conn.execute(
+        sql.SQL("INSERT INTO {} (tenant_id, full_name) VALUES (%s, 'Ada') RETURNING id").format(
+            sql.Identifier(target, "patients")
+        ),
+        [TENANT],
+    ).fetchone()[0]
+    target_conn.execute(
+        sql.SQL("INSERT INTO {} (tenant_id, patient_id, starts_at) VALUES (%s, %s, now())").format(
+            sql.Identifier(target, "visits")
+        ),
+        [TENANT, patient],
+    )
+    # Version 045 adds a column to patients and an index to visits.
+    envelope = two_table_envelope("045")
+    patients, visits = envelope["payload"]["tables"]
+    patients["columns"].append({"name": "email", "type": "TEXT"})
+    visits["indexes"].append({"columns": ["starts_at"]})
+    author = staff("alice", "Authors")
+    draft = drafts.import_envelope(envelope, user=author)
+
+    log_in(page, base, author)
+    page.goto(f"{base}/admin/revos_schema/schemadraft/{draft.pk}/preview/")
+    plan = page.locator("#content-main").inner_text()
+    assert "add column 'email' TEXT to 'patients'" in plan
+    assert "'visits' holds rows: built CONCURRENTLY after COMMIT" in plan
+    sql_text = page.locator(".wf106-sql").inner_text()
+    assert f'ALTER TABLE "{target}"."patients" ADD COLUMN IF NOT EXISTS "email" TEXT' in sql_text
+    assert "CREATE INDEX CONCURRENTLY" in sql_text
+    screenshot(page, "evolution-preview")
+    page.click("#wf106-submit")
+    page.wait_for_url(re.compile(r"/schemasubmission/[0-9a-f-]+/change/$"))
+    submission_url = page.url
+    log_out(page)
+
+    log_in(page, base, staff("bob", "Approvers"))
+    page.goto(submission_url)
+    page.click("#wf106-approve")
+    page.wait_for_selector(".messagelist .success")
+    assert page.locator("#wf106-decision h2").inner_text() == "Status: Applied"
+    assert "matches the schema" in page.locator("#wf106-verification").inner_text()
+    steps = page.locator("#wf106-steps").inner_text()
+    assert "CREATE INDEX CONCURRENTLY" in steps and "ran" in steps
+    screenshot(page, "evolution-applied")
+
+    # Someone drops the new index by hand: the drift page names it.
+    target_conn.execute(
+        sql.SQL("DROP INDEX {}").format(sql.Identifier(target, "idx_visits_starts_at"))
+    )
+    page.goto(f"{base}/admin/revos_schema/drift/")
+    assert page.locator("#wf106-drift-summary h2").inner_text() == "Drift found"
+    assert "idx_visits_starts_at" in page.locator("#wf106-differences").inner_text()
+    screenshot(page, "drift")
