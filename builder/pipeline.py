@@ -43,6 +43,7 @@ from builder.request.envelope import (
 from builder.schema.names import UPDATED_AT_FUNCTION
 from builder.schema.normalize import normalize_schema, schema_hash
 from builder.schema.spec import Schema
+from builder.sql import squawk
 from builder.sql.render import Migration, render_migration
 from builder.status import LedgerStatus, Status
 
@@ -445,7 +446,11 @@ def _preview(prepared: Prepared, plan: Plan, started: float) -> Outcome:
             f"{len(migration.statements)} statements, risk {plan.risk}; nothing was executed."
         ),
         latency_ms=_elapsed_ms(started),
-        primary_outputs={**_plan_outputs(prepared, plan), "decision": str(verdict.decision)},
+        primary_outputs={
+            **_plan_outputs(prepared, plan),
+            "decision": str(verdict.decision),
+            "squawk": squawk.report(plan.transaction_statements, plan.after_commit_statements),
+        },
     )
     return _outcome(prepared, Status.PREVIEW, response, plan=plan)
 

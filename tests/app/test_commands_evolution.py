@@ -107,7 +107,8 @@ def test_schema_diff_json_has_the_plan_risk_decision_and_sql(target, target_conn
 
     assert error is None
     answer = json.loads(output)
-    assert set(answer) >= {"plan", "risk", "decision", "sql"}
+    assert set(answer) >= {"plan", "risk", "decision", "sql", "squawk"}
+    assert answer["squawk"]["ran"] is True
     actions = [(op["action"], op["subject"]) for op in answer["plan"]]
     assert ("add_column", "email") in actions
     assert ("add_index", "idx_patients_mrn") in actions
@@ -155,6 +156,9 @@ def test_schema_diff_lists_blockers_notes_and_the_gates_refusal(tmp_path, target
     assert "Notes (1):" in plan
     assert "Column providers.legacy_code is in the database but not in the payload" in plan
     assert "Decision under the 'safe' profile: block." in plan
+    # Squawk's second opinion on the same SQL (the blocker's statement is not in it).
+    assert "  - [ban-drop-column] Dropping a column may break existing clients." in plan
+    assert f'    on: ALTER TABLE "{target}"."locations" DROP COLUMN' in plan
 
 
 def test_schema_diff_of_invalid_input_prints_the_errors_and_exits_2(tmp_path, target):

@@ -99,6 +99,8 @@ def test_dry_run_is_a_preview_with_the_sql_and_plan():
         ("create_table", "users"),
     ]
     assert outputs["risk"]["level"] == "safe"
+    # Squawk finds nothing to say about creating new tables in one transaction.
+    assert outputs["squawk"] == {"ran": True, "findings": []}
     assert outcome.idempotency_key == f"idem:wf106:t_001:001:{outcome.schema_hash}"
 
 

@@ -20,6 +20,7 @@ from builder.errors import UnsafeSQLError
 from builder.evolve.plan import Plan
 from builder.evolve.risk import Verdict
 from builder.pipeline import Prepared, Rejected, plan_against, prepare, preview_verdict
+from builder.sql import squawk
 from revos_schema.management.commands._envelope import read_envelope
 from revos_schema.preview import where_it_runs
 from revos_schema.services import builder_settings, target_connection
@@ -87,6 +88,7 @@ def as_json(plan: Plan, verdict: Verdict) -> dict[str, Any]:
         "decision": str(verdict.decision),
         "decision_reason": verdict.reason,
         "sql": plan.migration.script,
+        "squawk": squawk.report(plan.transaction_statements, plan.after_commit_statements),
     }
 
 
@@ -116,6 +118,7 @@ def plan_lines(prepared: Prepared, plan: Plan, verdict: Verdict, target_schema: 
     lines += [f"  - {n}. {op.blocker}" for n, op in blockers]
     lines += ["", f"Notes ({len(plan.notes)}):" if plan.notes else "Notes: none."]
     lines += [f"  - {note}" for note in plan.notes]
+    lines += ["", *squawk_lines(plan)]
     lines += [
         "",
         f"Decision under the {prepared.envelope.validation_profile!r} profile: "
@@ -124,4 +127,21 @@ def plan_lines(prepared: Prepared, plan: Plan, verdict: Verdict, target_schema: 
         "-- SQL " + "-" * 60,
         plan.migration.script,
     ]
+    return lines
+
+
+def squawk_lines(plan: Plan) -> list[str]:
+    """Squawk's findings on the plan's SQL, or why there are none."""
+    findings = squawk.lint(plan.transaction_statements, plan.after_commit_statements)
+    if findings is None:
+        return ["Squawk: not run (the squawk executable, PyPI squawk-cli, was not found)."]
+    if not findings:
+        return ["Squawk: no findings."]
+    lines = [f"Squawk ({len(findings)} finding{'s' if len(findings) != 1 else ''}):"]
+    for finding in findings:
+        first_line = finding.statement.strip().splitlines()[0]
+        lines.append(f"  - [{finding.rule}] {finding.message}")
+        lines.append(f"    on: {first_line[:100]}{' ...' if len(first_line) > 100 else ''}")
+        if finding.help:
+            lines.append(f"    help: {finding.help}")
     return lines
