@@ -118,6 +118,9 @@ class PlanView:
     decision_text: str
     source: str
     against_target: bool
+    # Squawk's findings on the plan's SQL (`builder.sql.squawk.Finding`); None where it did not
+    # run (a stored plan, or no executable).
+    squawk: tuple[Any, ...] | None = None
 
     @property
     def blockers(self) -> tuple[OperationView, ...]:
@@ -151,6 +154,7 @@ def plan_view(
     decision_text: str = "",
     source: str = "",
     against_target: bool = False,
+    squawk: Iterable[Any] | None = None,
 ) -> PlanView:
     return PlanView(
         operations=tuple(operation_view(op) for op in operations),
@@ -160,6 +164,7 @@ def plan_view(
         decision_text=decision_text,
         source=source,
         against_target=against_target,
+        squawk=None if squawk is None else tuple(squawk),
     )
 
 

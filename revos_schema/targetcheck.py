@@ -22,6 +22,7 @@ from builder.errors import BuilderError
 from builder.evolve.plan import Plan
 from builder.evolve.risk import Decision, Verdict, gate
 from builder.pipeline import Prepared, offline_plan, plan_against, prepare, preview_verdict
+from builder.sql import squawk
 from revos_schema import services
 from revos_schema.models import SchemaSubmission
 from revos_schema.preview import PlanView, Preview, build_preview, plan_view
@@ -120,6 +121,7 @@ def _view(
         decision_text=f"{when}: {text or verdict.reason}",
         source=source,
         against_target=against_target,
+        squawk=squawk.lint(plan.transaction_statements, plan.after_commit_statements),
     )
 
 

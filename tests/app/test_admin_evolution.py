@@ -113,6 +113,26 @@ def test_a_drafts_preview_names_the_rule_of_a_risky_operation(client, target, ta
     assert page.context["preview"].plan.decision == "block"
 
 
+def test_a_drafts_preview_shows_squawks_findings_on_its_sql(client, target, target_conn):
+    apply(target_conn, target, "foundation_v001.json")
+    envelope = load_fixture("foundation_v001.json")
+    envelope["payload"]["schema_version"] = "001c"
+    patients = next(t for t in envelope["payload"]["tables"] if t["name"] == "patients")
+    for column in patients["columns"]:
+        if column["name"] == "mrn":
+            column["type"] = "BIGINT"
+    draft = drafts.import_envelope(envelope)
+    client.force_login(staff("author", "Authors"))
+
+    page = client.get(f"{DRAFTS_URL}{draft.pk}/preview/")
+
+    findings = page.context["preview"].plan.squawk
+    assert [f.rule for f in findings] == ["changing-column-type"]
+    assert findings[0].statement.endswith('ALTER COLUMN "mrn" TYPE BIGINT USING "mrn"::BIGINT')
+    section = page.content.decode().split('id="wf106-squawk"')[1]
+    assert "<code>changing-column-type</code>: Changing a column type" in section
+
+
 def test_a_drafts_preview_falls_back_to_a_first_apply_without_the_target(
     client, target, unreachable_target
 ):
