@@ -20,6 +20,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, NamedTuple
 
 import psycopg
@@ -226,6 +227,7 @@ def run_schema_builder(
     emit: EventSink | None = None,
     before_commit: Callable[[Prepared], None] | None = None,
     hold: bool = False,
+    account: str | None = None,
 ) -> Outcome:
     """Handle one request envelope end to end and return its Outcome.
 
@@ -239,7 +241,8 @@ def run_schema_builder(
     `schema_migration_pending_approval`). `before_commit` is called once, with the prepared
     request (its schema and the plan's SQL), after the plan ran and before the target commits
     (see `builder.db.apply.apply_attempt`); never for blocked, preview, held, noop and
-    conflict answers.
+    conflict answers. `account` is the authenticated account that sent the request, recorded as
+    the ledger's `applied_by` (the caller's `context.actor_id` is kept beside it as claimed).
     """
     settings = settings or applying.ApplySettings()
     started = time.monotonic()
@@ -260,33 +263,33 @@ def run_schema_builder(
         if held:
             return _held(prepared, plan, None, emit, started)
         raise ValueError("a connection to the target database is needed to apply")
+    apply = partial(
+        apply_prepared,
+        prepared,
+        settings=settings,
+        emit=emit,
+        before_commit=before_commit,
+        started=started,
+        hold=hold,
+        account=account,
+    )
     if isinstance(conn, psycopg.Connection):
-        return _against_target(prepared, conn, settings, emit, before_commit, hold, started)
+        return _against_target(prepared, conn, settings, apply, started)
     with conn() as lent:
-        return _against_target(prepared, lent, settings, emit, before_commit, hold, started)
+        return _against_target(prepared, lent, settings, apply, started)
 
 
 def _against_target(
     prepared: Prepared,
     conn: psycopg.Connection[Any],
     settings: applying.ApplySettings,
-    emit: EventSink | None,
-    before_commit: Callable[[Prepared], None] | None,
-    hold: bool,
+    apply: Callable[[psycopg.Connection[Any]], Outcome],
     started: float,
 ) -> Outcome:
     if prepared.envelope.dry_run:
         plan = plan_against(conn, prepared.schema, settings.target_schema)
         return _preview(prepared, plan, started)
-    return apply_prepared(
-        prepared,
-        conn,
-        settings=settings,
-        emit=emit,
-        before_commit=before_commit,
-        started=started,
-        hold=hold,
-    )
+    return apply(conn)
 
 
 def offline_plan(prepared: Prepared, target_schema: str = "public") -> Plan:
@@ -330,12 +333,15 @@ def apply_prepared(
     started: float | None = None,
     hold: bool = False,
     approved_checksum: str | None = None,
+    account: str | None = None,
+    approved_by: str | None = None,
 ) -> Outcome:
     """Plan `prepared` against the target under its lock and apply it if the gate lets it.
 
-    The same last stage as `run_schema_builder`'s, with the same `emit` and `before_commit`.
-    `approved_checksum` is the checksum of a plan an approver accepted: it is applied whatever
-    its risk, if the plan made under the lock is still exactly that one (otherwise `conflict`).
+    The same last stage as `run_schema_builder`'s, with the same `emit`, `before_commit` and
+    `account`. `approved_checksum` is the checksum of a plan an approver (`approved_by`)
+    accepted: it is applied whatever its risk, if the plan made under the lock is still exactly
+    that one (otherwise `conflict`).
     """
     settings = settings or applying.ApplySettings()
     started = time.monotonic() if started is None else started
@@ -346,7 +352,11 @@ def apply_prepared(
 
     result = applying.apply_attempt(
         conn,
-        _attempt(prepared, hold=hold, approved_checksum=approved_checksum),
+        replace(
+            _attempt(prepared, hold=hold, approved_checksum=approved_checksum),
+            account=account,
+            approved_by=approved_by,
+        ),
         settings,
         before_commit=None if before_commit is None else on_commit,
     )

@@ -108,6 +108,8 @@ def approve(submission_id: Any, *, user: Any, reason: str = "") -> tuple[Outcome
                 settings=services.builder_settings(),
                 emit=events.append,
                 approved_checksum=hashlib.sha256(submission.generated_sql.encode()).hexdigest(),
+                account=services.submitter_account(submission),
+                approved_by=user.get_username(),
             )
     except psycopg.OperationalError as exc:
         services.store_unavailable(submission, exc)

@@ -565,7 +565,8 @@ def _label(where: FieldRef, tables: list[DraftTable]) -> str:
 
 def submission_envelope(draft: SchemaDraft, user: Any) -> dict[str, Any]:
     """The envelope a submission of `draft` by `user` sends: the export, with `context.actor_id`
-    set to the user's name unless the draft names an actor (the ledger's `applied_by`)."""
+    set to the user's name unless the draft names an actor (kept as claimed; the ledger's
+    `applied_by` is the user's account whatever the draft says)."""
     envelope = envelope_of(draft)
     context = envelope.setdefault("context", {})
     if isinstance(context, dict) and context.get("actor_id") is None:

@@ -8,6 +8,7 @@ Views, admin actions and management commands call `submit_envelope`: it runs the
 from __future__ import annotations
 
 import atexit
+import getpass
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -148,6 +149,7 @@ def submit_envelope(
             emit=events.append,
             before_commit=record_attempt,
             hold=hold or settings.WF106_REQUIRE_APPROVAL,
+            account=account_name(user, source),
         )
     except psycopg.OperationalError as exc:
         store_unavailable(submission, exc)
@@ -157,6 +159,27 @@ def submit_envelope(
     except Exception as exc:
         raise OutcomeNotStored(outcome) from exc
     return outcome, submission
+
+
+def account_name(user: Any, source: str) -> str:
+    """The account that sent a request, as the ledger's `applied_by` records it.
+
+    The authenticated user of the webhook or the admin; for the command line, which has no
+    login, the operating system's user (`cli:<name>`). Never the caller's `context.actor_id`,
+    which is only a claim.
+    """
+    if getattr(user, "is_authenticated", False):
+        return str(user.get_username())
+    if source == SchemaSubmission.Source.CLI:
+        return f"cli:{getpass.getuser()}"
+    return str(source)
+
+
+def submitter_account(submission: SchemaSubmission) -> str:
+    """The account that sent a stored submission (for the ledger row of its approval)."""
+    if submission.submitted_by is not None:
+        return str(submission.submitted_by.get_username())
+    return str(submission.source)
 
 
 def store_unreadable(

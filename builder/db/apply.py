@@ -67,6 +67,8 @@ class Attempt:
     `profile`, `hold` and `approved` are the risk gate's inputs (`builder.evolve.risk.gate`).
     `expected_checksum`, for an approved plan, is the checksum of the plan that was approved: if
     the plan made under the lock differs, nothing runs (`Status.CONFLICT`).
+    `account` is the authenticated account that sent the request (the ledger's `applied_by`),
+    `approved_by` the approver's; `actor_id` is only what the caller claims (`context.actor_id`).
     """
 
     schema: Schema
@@ -80,6 +82,8 @@ class Attempt:
     hold: bool = False
     approved: bool = False
     expected_checksum: str | None = None
+    account: str | None = None
+    approved_by: str | None = None
 
 
 @dataclass(frozen=True)
@@ -420,7 +424,10 @@ def _ledger_row(
         "workflow_run_id": attempt.workflow_run_id,
         "force_apply": attempt.force,
         "schema": schema.to_dict(),
+        "claimed_actor_id": attempt.actor_id,
     }
+    if attempt.approved_by is not None:
+        metadata["approved_by"] = attempt.approved_by
     if plan is not None:
         metadata["plan"] = [
             {"action": op.action, "table": op.table, "subject": op.subject, "risk": str(op.risk)}
@@ -433,7 +440,7 @@ def _ledger_row(
     return ledger.NewLedgerRow(
         version=schema.version,
         description=schema.description,
-        applied_by=attempt.actor_id,
+        applied_by=attempt.account,
         checksum=plan.migration.checksum if plan is not None else "",
         status=status,
         sql_script=plan.migration.script if plan is not None else "",

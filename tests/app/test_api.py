@@ -646,3 +646,29 @@ def test_a_schema_evolves_through_the_webhook(client, target, target_conn):
     stored = SchemaSubmission.objects.get(pk=response.json()["result"]["submission_id"])
     assert stored.status == "applied"
     assert stored.response["result"]["primary_outputs"]["verification"]["ok"] is True
+
+
+def ledger_row(target_conn, target: str, row_id: str) -> tuple:
+    return target_conn.execute(
+        sql.SQL("SELECT applied_by, metadata FROM {} WHERE id = %s").format(
+            sql.Identifier(target, "schema_migrations")
+        ),
+        [row_id],
+    ).fetchone()
+
+
+@pytest.mark.parametrize("claimed", ["admin'); DROP TABLE patients; --", None])
+def test_the_ledger_names_the_authenticated_account_not_the_claimed_actor(
+    client, target, target_conn, claimed
+):
+    body = envelope([PATIENTS])
+    body["context"]["actor_id"] = claimed
+
+    response = post(client, body)
+
+    assert response.status_code == 200, response.json()
+    row_id = response.json()["result"]["primary_outputs"]["migration_log_id"]
+    applied_by, metadata = ledger_row(target_conn, target, row_id)
+    assert applied_by == "svc-crm"
+    assert metadata["claimed_actor_id"] == claimed
+    assert "approved_by" not in metadata

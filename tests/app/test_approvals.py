@@ -315,3 +315,19 @@ def test_setup_roles_creates_the_groups_once_and_restores_their_permissions():
     assert "Updated the group Approvers: -revos_schema.submit_schema." in again.getvalue()
     assert "The group Viewers is up to date." in again.getvalue()
     assert Group.objects.count() == 3
+
+
+def test_the_ledger_names_the_submitter_and_the_approver(target, target_conn, author, approver):
+    held = hold(author)
+
+    response = post(client_for(approver), f"{held['submission_url']}/approve")
+
+    assert response.status_code == 200, response.json()
+    row_id = response.json()["result"]["primary_outputs"]["migration_log_id"]
+    applied_by, metadata = target_conn.execute(
+        sql.SQL("SELECT applied_by, metadata FROM {} WHERE id = %s").format(
+            sql.Identifier(target, "schema_migrations")
+        ),
+        [row_id],
+    ).fetchone()
+    assert (applied_by, metadata["approved_by"]) == ("svc-author", "ops-approver")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import io
 import json
 
@@ -51,9 +52,13 @@ def test_schema_apply_applies_then_noops_and_stores_submissions(target, target_c
     assert response["result"]["status"] == "applied"
     ledger_id = response["result"]["primary_outputs"]["migration_log_id"]
     row = target_conn.execute(
-        f'SELECT status, version FROM "{target}".schema_migrations WHERE id = %s', [ledger_id]
+        f"SELECT status, version, applied_by, metadata->>'claimed_actor_id' "
+        f'FROM "{target}".schema_migrations WHERE id = %s',
+        [ledger_id],
     ).fetchone()
-    assert row == ("success", "001")
+    # The command line has no login: the ledger names the operating system's user, and the
+    # request's `context.actor_id` is kept as claimed.
+    assert row == ("success", "001", f"cli:{getpass.getuser()}", "user_admin_001")
 
     output, error = run("schema_apply", FOUNDATION)
     assert error is None

@@ -278,7 +278,9 @@ def test_the_ledger_row_keeps_caller_text_exactly_and_the_time_of_the_script(
     request = envelope([PATIENTS], description=description)
     request["context"]["actor_id"] = "ops'; SELECT 1; --"
     started = time.monotonic()
-    outcome = run_schema_builder(request, target_conn, settings=settings_for(target_schema))
+    outcome = run_schema_builder(
+        request, target_conn, settings=settings_for(target_schema), account="svc-ledger"
+    )
     wall_ms = (time.monotonic() - started) * 1000
 
     assert outcome.status == "applied"
@@ -292,7 +294,9 @@ def test_the_ledger_row_keeps_caller_text_exactly_and_the_time_of_the_script(
     assert row is not None
     stored_description, applied_by, script, execution_ms, metadata = row
     assert stored_description == description
-    assert applied_by == "ops'; SELECT 1; --"
+    # The ledger names the account that sent the request; the caller's claim is kept as such.
+    assert applied_by == "svc-ledger"
+    assert metadata["claimed_actor_id"] == "ops'; SELECT 1; --"
     assert script == outcome.migration.script
     # The time of the whole script, not of the INSERT alone.
     assert 1 <= execution_ms <= wall_ms
