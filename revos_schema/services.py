@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import getpass
+import math
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -45,6 +46,9 @@ def target_conninfo() -> str:
         "password": config.get("PASSWORD"),
         "host": config.get("HOST"),
         "port": str(config.get("PORT") or ""),
+        # A host that does not answer (not one that refuses) would otherwise hold each new
+        # connection for the operating system's TCP timeout; libpq takes whole seconds, >= 2.
+        "connect_timeout": str(max(2, math.ceil(settings.WF106_TARGET_POOL_TIMEOUT_S))),
     }
     return psycopg.conninfo.make_conninfo(**{k: v for k, v in params.items() if v})
 

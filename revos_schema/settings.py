@@ -144,7 +144,7 @@ WF106_LOCK_TIMEOUT_MS = env.int("WF106_LOCK_TIMEOUT_MS", default=5_000)
 WF106_STATEMENT_TIMEOUT_MS = env.int("WF106_STATEMENT_TIMEOUT_MS", default=120_000)
 # Pooled connections to the target database, per process.
 WF106_TARGET_POOL_SIZE = env.int("WF106_TARGET_POOL_SIZE", default=4)
-WF106_TARGET_POOL_TIMEOUT_S = env.float("WF106_TARGET_POOL_TIMEOUT_S", default=30.0)
+WF106_TARGET_POOL_TIMEOUT_S = env.float("WF106_TARGET_POOL_TIMEOUT_S", default=5.0)
 WF106_MAX_BODY_BYTES = env.int("WF106_MAX_BODY_BYTES", default=1024 * 1024)
 # Hold every request for an approver (as the `review` profile does), and whether a submitter may
 # approve or reject their own request (a single-operator install; off: four eyes).

@@ -672,3 +672,15 @@ def test_the_ledger_names_the_authenticated_account_not_the_claimed_actor(
     assert applied_by == "svc-crm"
     assert metadata["claimed_actor_id"] == claimed
     assert "approved_by" not in metadata
+
+
+@pytest.mark.parametrize(("wait", "connect_timeout"), [(5.0, "5"), (0.5, "2"), (7.5, "8")])
+def test_new_target_connections_give_up_as_soon_as_a_request_stops_waiting(
+    target, settings, wait, connect_timeout
+):
+    from psycopg.conninfo import conninfo_to_dict
+
+    from revos_schema import services
+
+    settings.WF106_TARGET_POOL_TIMEOUT_S = wait
+    assert conninfo_to_dict(services.target_conninfo())["connect_timeout"] == connect_timeout
