@@ -11,7 +11,6 @@ from typing import Any
 
 import psycopg
 from django.conf import settings
-from django.core.exceptions import RequestDataTooBig
 from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import reverse
@@ -31,6 +30,14 @@ from builder.request.envelope import output_envelope, parse_envelope
 from builder.status import Status
 from revos_schema import api_docs, approvals
 from revos_schema.models import SchemaSubmission
+from revos_schema.request_body import (
+    BodyTooLarge,
+    BodyUnreadable,
+    declares_body,
+    is_json,
+    media_type,
+    read_body,
+)
 from revos_schema.selectors import holds_permission
 from revos_schema.services import OutcomeNotStored, store_unreadable, submit_envelope
 
@@ -82,6 +89,8 @@ class SchemaBuilderView(WebhookView):
 
     @extend_schema(**api_docs.SUBMIT_SCHEMA)
     def post(self, request: Request) -> Response:
+        if not is_json(request):
+            raise _unsupported_media_type(request)
         body = _read_json_body(request)
         actor = request.user.get_username()
         if isinstance(body, ValidationIssue):
@@ -159,13 +168,9 @@ class SubmissionDecisionView(WebhookView):
 
     @extend_schema(**api_docs.DECIDE)
     def post(self, request: Request, submission_id: str) -> Response:
-        reason = request.data.get("reason", "") if isinstance(request.data, dict) else None
-        if not isinstance(reason, str):
-            return _error_response(
-                status.HTTP_400_BAD_REQUEST,
-                Status.BLOCKED,
-                summary="The body must be a JSON object whose optional `reason` is a string.",
-            )
+        reason = _decision_reason(request)
+        if isinstance(reason, Response):
+            return reason
         try:
             if self.action == "approve":
                 outcome, submission = approvals.approve(
@@ -206,26 +211,61 @@ def not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
     return page_not_found(request, exception)
 
 
+def _unsupported_media_type(request: Request) -> exceptions.UnsupportedMediaType:
+    """The 415 for a body not declared `application/json`; the body is left unread."""
+    sent = media_type(request)
+    said = f'it was "{sent}"' if sent else "none was sent"
+    return exceptions.UnsupportedMediaType(
+        sent, detail=f"Content-Type must be application/json ({said}); nothing was done."
+    )
+
+
 def _read_json_body(request: Request) -> object | ValidationIssue:
     """Return the parsed JSON body, or the issue that makes it unusable."""
+    raw = _read_raw_body(request)
+    return raw if isinstance(raw, ValidationIssue) else _parse_json(raw)
+
+
+def _read_raw_body(request: Request) -> bytes | ValidationIssue:
+    """Return the body's bytes (chunked too), or the issue that makes them unusable."""
     limit = settings.WF106_MAX_BODY_BYTES
     try:
-        declared = int(request.META.get("CONTENT_LENGTH") or 0)
-    except ValueError:
-        declared = 0
-    too_large = ValidationIssue("", "too_large", f"The request body exceeds {limit} bytes.")
-    if declared > limit:
-        return too_large
-    try:
-        raw = request.body
-    except RequestDataTooBig:
-        return too_large
-    if len(raw) > limit:
-        return too_large
+        return read_body(request, limit)
+    except BodyTooLarge:
+        return ValidationIssue("", "too_large", f"The request body exceeds {limit} bytes.")
+    except BodyUnreadable as exc:
+        return ValidationIssue("", "invalid_json", str(exc))
+
+
+def _parse_json(raw: bytes) -> object | ValidationIssue:
     try:
         return parse_request_json(raw)
     except InvalidRequestJSON as exc:
         return ValidationIssue("", "invalid_json", str(exc))
+
+
+def _decision_reason(request: Request) -> str | Response:
+    """Return the optional `reason` of a decision's body, or the answer that refuses the body.
+
+    A decision may have no body at all (an approval without a reason), and then needs no
+    `Content-Type`; a body must be a JSON object, read like the webhook's.
+    """
+    if declares_body(request) and not is_json(request):
+        raise _unsupported_media_type(request)
+    raw = _read_raw_body(request)
+    if raw == b"":
+        return ""
+    body = raw if isinstance(raw, ValidationIssue) else _parse_json(raw)
+    if isinstance(body, ValidationIssue):
+        return _error_response(status.HTTP_400_BAD_REQUEST, Status.BLOCKED, [body])
+    reason = body.get("reason", "") if isinstance(body, dict) else None
+    if not isinstance(reason, str):
+        return _error_response(
+            status.HTTP_400_BAD_REQUEST,
+            Status.BLOCKED,
+            summary="The body must be a JSON object whose optional `reason` is a string.",
+        )
+    return reason
 
 
 def _link(response: dict[str, Any], submission: SchemaSubmission) -> dict[str, Any]:
@@ -270,6 +310,7 @@ _AUTH_STATUS = {
     status.HTTP_403_FORBIDDEN: "forbidden",
     status.HTTP_404_NOT_FOUND: "not_found",
     status.HTTP_405_METHOD_NOT_ALLOWED: "method_not_allowed",
+    status.HTTP_411_LENGTH_REQUIRED: "length_required",
     status.HTTP_415_UNSUPPORTED_MEDIA_TYPE: "unsupported_media_type",
     status.HTTP_429_TOO_MANY_REQUESTS: "throttled",
 }

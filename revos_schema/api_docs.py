@@ -25,6 +25,8 @@ STATUSES = (
     "forbidden",
     "not_found",
     "method_not_allowed",
+    "length_required",
+    "unsupported_media_type",
     "received",
     "rejected",
 )
@@ -256,6 +258,17 @@ RESPONSE_EXAMPLES = [
 ]
 
 _ENVELOPE = OutputEnvelopeSerializer
+# How the body was sent, whatever it holds (docs/contract.md, section 10).
+_FRAMING = {
+    411: OpenApiResponse(
+        _ENVELOPE,
+        description="length_required: a body without Content-Length that the server "
+        "cannot read (Django's development server)",
+    ),
+    415: OpenApiResponse(
+        _ENVELOPE, description="unsupported_media_type: a body not sent as application/json"
+    ),
+}
 SUBMIT_SCHEMA: dict[str, Any] = {
     "operation_id": "wf106_schema_builder",
     "summary": "Validate, plan and apply a schema version (WF106)",
@@ -271,6 +284,7 @@ SUBMIT_SCHEMA: dict[str, Any] = {
         401: OpenApiResponse(_ENVELOPE, description="missing or invalid token"),
         403: OpenApiResponse(_ENVELOPE, description="the account lacks submit_schema"),
         409: OpenApiResponse(_ENVELOPE, description="version applied with a different schema"),
+        **_FRAMING,
         500: OpenApiResponse(_ENVELOPE, description="failed: rolled back and recorded"),
         503: OpenApiResponse(
             _ENVELOPE, description="the target database or the service's own is unavailable"
@@ -316,6 +330,7 @@ DECIDE: dict[str, Any] = {
             description="the account lacks approve_schema, or it submitted the request itself",
         ),
         404: OpenApiResponse(_ENVELOPE, description="no such submission"),
+        **_FRAMING,
         409: OpenApiResponse(
             _ENVELOPE,
             description="already decided, or the plan changed since it was shown (nothing ran); "
