@@ -27,7 +27,7 @@ import psycopg
 from cachetools import LRUCache, cached
 
 from builder.db import apply as applying
-from builder.db import introspect
+from builder.db import introspect, locks
 from builder.db.ledger import LEDGER_TABLE
 from builder.errors import SchemaValidationError, UnsafeSQLError, ValidationIssue
 from builder.evolve.plan import Plan, catalog_names, make_plan, tables_needing_rows
@@ -41,6 +41,7 @@ from builder.request.envelope import (
     output_envelope,
     parse_envelope,
 )
+from builder.schema.limits import DEFAULT_LIMITS, Limits, limit_issues, statement_issues
 from builder.schema.names import UPDATED_AT_FUNCTION
 from builder.schema.normalize import normalize_schema, schema_hash
 from builder.schema.spec import Schema
@@ -69,6 +70,9 @@ class Outcome:
     migration_log_id: str | None = None
     error: str | None = None
     plan: Plan | None = None
+    # The target connection broke and the target could not be reached again: what became of
+    # the attempt is to be settled from the ledger (`migration_log_id` is the row to look for).
+    unrecorded: bool = False
 
     @property
     def http_status(self) -> int:
@@ -85,6 +89,8 @@ class Prepared:
     schema_hash: str
     idempotency_key: str
     migration: Migration
+    # The id of the ledger row of the apply in progress (set for `before_commit`).
+    ledger_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -95,12 +101,16 @@ class Rejected:
     issues: list[ValidationIssue]
 
 
-def prepare(raw: object, *, target_schema: str = "public") -> Prepared | Rejected:
-    """Validate `raw` and render its SQL, or return every validation issue."""
-    return prepare_envelope(parse_envelope(raw), target_schema=target_schema)
+def prepare(
+    raw: object, *, target_schema: str = "public", limits: Limits = DEFAULT_LIMITS
+) -> Prepared | Rejected:
+    """Validate `raw` (within `limits`) and render its SQL, or return every validation issue."""
+    return prepare_envelope(parse_envelope(raw), target_schema=target_schema, limits=limits)
 
 
-def prepare_envelope(envelope: Envelope, *, target_schema: str = "public") -> Prepared | Rejected:
+def prepare_envelope(
+    envelope: Envelope, *, target_schema: str = "public", limits: Limits = DEFAULT_LIMITS
+) -> Prepared | Rejected:
     """`prepare` for an envelope already parsed with `parse_envelope`.
 
     Raise `UnsafeSQLError` if a generated statement fails the parser check (a builder bug).
@@ -109,7 +119,7 @@ def prepare_envelope(envelope: Envelope, *, target_schema: str = "public") -> Pr
     plan: _Plan | None = None
     if envelope.payload is not None:
         try:
-            plan = _plan(envelope.payload, target_schema)
+            plan = _plan(envelope.payload, target_schema, limits)
         except SchemaValidationError as exc:
             issues.extend(exc.issues)
     if plan is None or issues:
@@ -139,41 +149,48 @@ PLAN_CACHE_MAX_PAYLOAD = 256 * 1024
 EXECUTION_FLAGS = ("dry_run", "force_apply")
 """Payload keys that say how to run a plan, not what it is: left out of the plan cache's key."""
 
-PLAN_CACHE: LRUCache[tuple[str, str], _Plan] = LRUCache(maxsize=PLAN_CACHE_SIZE)
-"""The recent plans, by (canonical JSON of the payload, target schema): read it, never write."""
+PLAN_CACHE: LRUCache[tuple[str, str, Limits], _Plan] = LRUCache(maxsize=PLAN_CACHE_SIZE)
+"""The recent plans, by (canonical JSON of the payload, target schema, limits): read it, never
+write."""
 
 
-def _plan(payload: object, target_schema: str) -> _Plan:
+def _plan(payload: object, target_schema: str, limits: Limits) -> _Plan:
     """Normalize, hash and render `payload`; raise SchemaValidationError if it is invalid.
 
     Services retry: the same payload arrives again and again and is answered `noop`, and
     normalizing and parser-checking it is most of such a request's work. A plan depends only
-    on the payload (without its execution flags) and the target schema, and `Schema` and
+    on the payload (without its execution flags), the target schema and the limits it was
+    checked against (a payload within some limits may be over lower ones), and `Schema` and
     `Migration` are immutable, so recent successful plans are kept, keyed by the payload's
     canonical JSON; an apply reuses the plan of its `dry_run` preview.
     """
     text = canonical_dumps(_plan_input(payload))
     if len(text) > PLAN_CACHE_MAX_PAYLOAD:
-        return _make_plan(payload, target_schema)
-    return _cached_plan(text, payload, target_schema)
+        return _make_plan(payload, target_schema, limits)
+    return _cached_plan(text, payload, target_schema, limits)
 
 
 @cached(
     cache=PLAN_CACHE,
-    key=lambda text, payload, target_schema: (text, target_schema),
+    key=lambda text, payload, target_schema, limits: (text, target_schema, limits),
     lock=threading.Lock(),
 )
-def _cached_plan(text: str, payload: object, target_schema: str) -> _Plan:
-    return _make_plan(payload, target_schema)
+def _cached_plan(text: str, payload: object, target_schema: str, limits: Limits) -> _Plan:
+    return _make_plan(payload, target_schema, limits)
 
 
-def _make_plan(payload: object, target_schema: str) -> _Plan:
+def _make_plan(payload: object, target_schema: str, limits: Limits) -> _Plan:
     schema = normalize_schema(payload)
-    issues = _reserved_name_issues(schema)
+    # Tables, columns and indexes are counted before rendering: a payload over a limit is not
+    # rendered at all.
+    issues = _reserved_name_issues(schema) + limit_issues(schema, limits)
     if issues:
         raise SchemaValidationError(issues)
     # render_migration checks every statement with the PostgreSQL parser (builder.sql.check).
     migration = render_migration(schema, target_schema=target_schema)
+    issues = statement_issues(len(migration.statements), limits)
+    if issues:
+        raise SchemaValidationError(issues)
     return _Plan(schema, schema_hash(schema), migration)
 
 
@@ -248,7 +265,9 @@ def run_schema_builder(
     started = time.monotonic()
     envelope = parse_envelope(raw)
     try:
-        prepared = prepare_envelope(envelope, target_schema=settings.target_schema)
+        prepared = prepare_envelope(
+            envelope, target_schema=settings.target_schema, limits=settings.limits
+        )
     except UnsafeSQLError as exc:
         # A generated statement failed the parser check: a builder bug; nothing was run.
         logger.exception("generated SQL failed the parser check")
@@ -276,7 +295,7 @@ def run_schema_builder(
     if isinstance(conn, psycopg.Connection):
         return _against_target(prepared, conn, settings, apply, started)
     with conn() as lent:
-        return _against_target(prepared, lent, settings, apply, started)
+        return _against_target(prepared, lent, settings, partial(apply, reconnect=conn), started)
 
 
 def _against_target(
@@ -335,20 +354,22 @@ def apply_prepared(
     approved_checksum: str | None = None,
     account: str | None = None,
     approved_by: str | None = None,
+    reconnect: applying.Reconnect | None = None,
 ) -> Outcome:
     """Plan `prepared` against the target under its lock and apply it if the gate lets it.
 
     The same last stage as `run_schema_builder`'s, with the same `emit`, `before_commit` and
     `account`. `approved_checksum` is the checksum of a plan an approver (`approved_by`)
     accepted: it is applied whatever its risk, if the plan made under the lock is still exactly
-    that one (otherwise `conflict`).
+    that one (otherwise `conflict`). `reconnect` lends a fresh target connection if `conn`
+    breaks (see `builder.db.apply.apply_attempt`).
     """
     settings = settings or applying.ApplySettings()
     started = time.monotonic() if started is None else started
 
-    def on_commit(plan: Plan) -> None:
+    def on_commit(plan: Plan, ledger_id: str) -> None:
         if before_commit is not None:
-            before_commit(replace(prepared, migration=plan.migration))
+            before_commit(replace(prepared, migration=plan.migration, ledger_id=ledger_id))
 
     result = applying.apply_attempt(
         conn,
@@ -359,6 +380,7 @@ def apply_prepared(
         ),
         settings,
         before_commit=None if before_commit is None else on_commit,
+        reconnect=reconnect,
     )
     if result.status == Status.PENDING_APPROVAL:
         assert result.plan is not None
@@ -492,7 +514,8 @@ def _held(
 
 
 def _gate_blocked(prepared: Prepared, plan: Plan, verdict: Verdict, started: float) -> Outcome:
-    """A plan the risk gate refuses (a blocker, or destruction the payload does not allow)."""
+    """A plan the risk gate refuses (a blocker, destruction the payload does not allow, or more
+    locks than the target can spare: `builder.db.locks`)."""
     issues = [
         ValidationIssue(
             path=f"payload.tables[{_table_index(prepared.schema, op.table)}]"
@@ -503,7 +526,10 @@ def _gate_blocked(prepared: Prepared, plan: Plan, verdict: Verdict, started: flo
         )
         for op in plan.blockers
     ]
-    if not issues:
+    if verdict.code == locks.TOO_MANY_LOCKS:
+        # Nothing of the plan can run as one transaction; its blockers show once it is split.
+        issues = [ValidationIssue("payload.tables", verdict.code, verdict.reason)]
+    elif not issues:
         issues = [
             ValidationIssue(
                 path="payload.allow_destructive",
@@ -589,13 +615,22 @@ def _finished(
             f"Schema v{version} was already applied with a different definition; "
             "use a new schema_version for changes."
         )
+    elif result.unrecorded:
+        extra["error"] = result.error
+        primary["migration_log_id"] = None
+        summary = (
+            f"The connection to the target database broke while applying schema v{version}, "
+            "and the target could not be reached again: whether it was applied is settled from "
+            "its ledger once it is reachable (manage.py reconcile_submissions). Sending the "
+            "same request again is safe."
+        )
     else:
         extra["error"] = result.error
         summary = f"Applying schema v{version} failed and was rolled back."
     if result.status in (Status.NOOP, Status.CONFLICT):
         primary["tables_created"] = 0
         primary["indexes_created"] = 0
-    ran = result.status in (Status.APPLIED, Status.FAILED)
+    ran = result.status in (Status.APPLIED, Status.FAILED) and not result.unrecorded
     written = _ledger_written(result.ledger_id, result.ledger_status) if ran else []
     response = output_envelope(
         prepared.envelope,
@@ -614,6 +649,7 @@ def _finished(
         plan=result.plan,
         migration_log_id=result.ledger_id,
         error=result.error,
+        unrecorded=result.unrecorded,
     )
 
 

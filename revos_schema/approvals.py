@@ -25,7 +25,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from builder.pipeline import Outcome, Prepared, apply_prepared, plan_against, prepare
+from builder.pipeline import Outcome, Prepared, apply_prepared, plan_against
 from builder.request.body import sha256_prefixed
 from builder.request.envelope import WORKFLOW_NAME, output_envelope, parse_envelope
 from builder.status import Status
@@ -156,7 +156,7 @@ _DECISION_FIELDS = ("decision", "decided_by", "decided_at", "decision_reason", "
 
 def _same_plan(submission: SchemaSubmission) -> Prepared:
     """Prepare the stored request again; refuse (409) unless its schema is the stored one."""
-    prepared = prepare(submission.envelope, target_schema=services.builder_settings().target_schema)
+    prepared = services.prepare_request(submission.envelope)
     if not isinstance(prepared, Prepared):
         raise DecisionRefused(409, "The stored request no longer passes validation.")
     if prepared.schema_hash != submission.schema_hash:

@@ -25,12 +25,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from django.conf import settings
 from django.db import transaction
 from django.db.models import Model
 
 from builder.errors import InvalidRequestJSON, ValidationIssue
-from builder.pipeline import Outcome, Prepared, Rejected, prepare
+from builder.pipeline import Outcome, Prepared, Rejected
 from builder.request.body import find_unusable, parse_request_json
 from builder.request.envelope import CONTEXT_KEYS, TOP_LEVEL_KEYS, VALIDATION_PROFILES
 from builder.request.fields import json_type, key_path
@@ -435,7 +434,7 @@ def extra_problems(value: object) -> list[str]:
 
 def plan(draft: SchemaDraft) -> Prepared | Rejected:
     """Validate the draft and render its SQL as the builder would for the target."""
-    return prepare(envelope_of(draft), target_schema=settings.WF106_TARGET_SCHEMA)
+    return services.prepare_request(envelope_of(draft))
 
 
 Part = Literal["draft", "table", "column", "index"]
@@ -582,7 +581,7 @@ def submit(draft: SchemaDraft, *, user: Any) -> tuple[Outcome, SchemaSubmission]
     operator's draft is always decided by an approver.
     """
     envelope = submission_envelope(draft, user)
-    prepared = prepare(envelope, target_schema=settings.WF106_TARGET_SCHEMA)
+    prepared = services.prepare_request(envelope)
     if isinstance(prepared, Rejected):
         raise DraftInvalid(prepared.issues)
     outcome, submission = services.submit_envelope(

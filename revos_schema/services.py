@@ -17,24 +17,41 @@ from typing import Any
 
 import psycopg
 from django.conf import settings
-from django.db import connections, transaction
+from django.db import DatabaseError, connections, transaction
 from django.db.models import JSONField, Value
+from django.utils import timezone
 from psycopg_pool import ConnectionPool
 
 from builder.db.apply import ApplySettings
 from builder.errors import ValidationIssue
-from builder.pipeline import Outcome, Prepared, run_schema_builder
+from builder.pipeline import Outcome, Prepared, Rejected, prepare, run_schema_builder
+from builder.schema.limits import Limits
 from builder.status import Status
 from revos_schema.models import SchemaEvent, SchemaPlan, SchemaSubmission
 
 
 def builder_settings() -> ApplySettings:
-    """Return the builder's apply settings from Django settings."""
+    """Return the builder's apply settings, with its limits, from Django settings."""
     return ApplySettings(
         target_schema=settings.WF106_TARGET_SCHEMA,
         lock_timeout_ms=settings.WF106_LOCK_TIMEOUT_MS,
         statement_timeout_ms=settings.WF106_STATEMENT_TIMEOUT_MS,
+        limits=Limits(
+            tables=settings.WF106_MAX_TABLES,
+            columns_per_table=settings.WF106_MAX_COLUMNS_PER_TABLE,
+            columns=settings.WF106_MAX_COLUMNS,
+            indexes_per_table=settings.WF106_MAX_INDEXES_PER_TABLE,
+            indexes=settings.WF106_MAX_INDEXES,
+            statements=settings.WF106_MAX_STATEMENTS,
+        ),
+        max_lock_share=settings.WF106_MAX_LOCK_SHARE,
     )
+
+
+def prepare_request(raw: object) -> Prepared | Rejected:
+    """Validate and render a request as the service is configured (target schema, limits)."""
+    configured = builder_settings()
+    return prepare(raw, target_schema=configured.target_schema, limits=configured.limits)
 
 
 def target_conninfo() -> str:
@@ -140,6 +157,8 @@ def submit_envelope(
     def record_attempt(prepared: Prepared) -> None:
         with transaction.atomic():
             _set_plan(submission, prepared)
+            # The ledger row the target commits with this attempt, if it commits.
+            submission.migration_log_id = prepared.ledger_id
             submission.save(force_insert=True)
 
     events: list[dict[str, Any]] = []
@@ -162,6 +181,11 @@ def submit_envelope(
         store_outcome(submission, outcome, events)
     except Exception as exc:
         raise OutcomeNotStored(outcome) from exc
+    if outcome.status in (Status.APPLIED, Status.NOOP) and outcome.idempotency_key:
+        # The same request again: an earlier try interrupted after its COMMIT is settled now.
+        from revos_schema import reconcile
+
+        reconcile.settle_committed(idempotency_key=outcome.idempotency_key)
     return outcome, submission
 
 
@@ -248,10 +272,13 @@ def store_outcome(
 ) -> None:
     """Store the outcome and its events in one transaction.
 
-    A submission stored as `received` is updated (DatabaseError if its row is gone); any other
-    request is stored here for the first time.
+    A submission stored as `received` is updated (DatabaseError if its row is gone) unless it
+    was settled in between (by a retry of the same request, or a reconciliation): then nothing
+    is stored, since that record already tells the same truth. Any other request is stored here
+    for the first time. An `unrecorded` outcome (the target could not be reached again after
+    its connection broke) stays `received`, with its reason, for a reconciliation to settle.
     """
-    submission.status = outcome.status
+    submission.status = SchemaSubmission.Status.RECEIVED if outcome.unrecorded else outcome.status
     submission.http_status = outcome.http_status
     submission.response = outcome.response
     submission.validation_errors = outcome.validation_errors
@@ -262,8 +289,8 @@ def store_outcome(
         if submission._state.adding:
             _set_plan(submission, outcome)
             submission.save(force_insert=True)
-        else:
-            submission.save(update_fields=OUTCOME_FIELDS)
+        elif not _update_received(submission):
+            return
         if events:
             SchemaEvent.objects.bulk_create(
                 [
@@ -273,6 +300,20 @@ def store_outcome(
                     for event in events
                 ]
             )
+
+
+def _update_received(submission: SchemaSubmission) -> bool:
+    """Store the outcome fields of a `received` submission; False if it is no longer received."""
+    values = {name: getattr(submission, name) for name in OUTCOME_FIELDS if name != "updated_at"}
+    updated = SchemaSubmission.objects.filter(
+        pk=submission.pk, status=SchemaSubmission.Status.RECEIVED
+    ).update(**values, updated_at=timezone.now())
+    if updated == 1:
+        return True
+    status = SchemaSubmission.objects.filter(pk=submission.pk).values_list("status", flat=True)
+    if status.first() in (None, SchemaSubmission.Status.RECEIVED):
+        raise DatabaseError(f"the outcome of the submission {submission.pk} was not stored")
+    return False
 
 
 def store_unavailable(submission: SchemaSubmission, exc: psycopg.OperationalError) -> None:

@@ -6,6 +6,7 @@ Environment:
 - TARGET_DATABASE_URL: the database where schemas are applied (defaults to DATABASE_URL).
 - WF106_TARGET_SCHEMA: the PostgreSQL schema inside the target that tables are created in.
 - WF106_LOCK_TIMEOUT_MS / WF106_STATEMENT_TIMEOUT_MS: timeouts of one apply transaction.
+- WF106_MAX_* and WF106_MAX_LOCK_SHARE: how much one schema version may describe and lock.
 - SECRET_KEY, DEBUG, ALLOWED_HOSTS.
 """
 
@@ -152,6 +153,29 @@ WF106_REQUIRE_APPROVAL = env.bool("WF106_REQUIRE_APPROVAL", default=False)
 WF106_ALLOW_SELF_APPROVAL = env.bool("WF106_ALLOW_SELF_APPROVAL", default=False)
 # Django refuses larger bodies itself (RequestDataTooBig), and the webhook answers 400.
 DATA_UPLOAD_MAX_MEMORY_SIZE = WF106_MAX_BODY_BYTES
+# What one schema version may describe (builder.schema.limits.Limits, whose defaults these are):
+# a request over one is blocked before it reaches the target.
+WF106_MAX_TABLES = env.int("WF106_MAX_TABLES", default=1_000)
+WF106_MAX_COLUMNS_PER_TABLE = env.int("WF106_MAX_COLUMNS_PER_TABLE", default=1_600)
+WF106_MAX_COLUMNS = env.int("WF106_MAX_COLUMNS", default=32_000)
+WF106_MAX_INDEXES_PER_TABLE = env.int("WF106_MAX_INDEXES_PER_TABLE", default=32)
+WF106_MAX_INDEXES = env.int("WF106_MAX_INDEXES", default=8_000)
+WF106_MAX_STATEMENTS = env.int("WF106_MAX_STATEMENTS", default=16_000)
+_LIMITS = (
+    WF106_MAX_TABLES,
+    WF106_MAX_COLUMNS_PER_TABLE,
+    WF106_MAX_COLUMNS,
+    WF106_MAX_INDEXES_PER_TABLE,
+    WF106_MAX_INDEXES,
+    WF106_MAX_STATEMENTS,
+)
+if min(_LIMITS) < 1:
+    raise ImproperlyConfigured("The WF106_MAX_* limits must be positive integers.")
+# The largest share of the target's shared lock table that one apply may hold until its COMMIT
+# (builder.db.locks); a larger apply is refused before it runs.
+WF106_MAX_LOCK_SHARE = env.float("WF106_MAX_LOCK_SHARE", default=0.3)
+if not 0 < WF106_MAX_LOCK_SHARE <= 1:
+    raise ImproperlyConfigured("WF106_MAX_LOCK_SHARE must be a number above 0 and at most 1.")
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

@@ -21,7 +21,7 @@ from builder.db import catalog, ledger
 from builder.errors import BuilderError
 from builder.evolve.plan import Plan
 from builder.evolve.risk import Decision, Verdict, gate
-from builder.pipeline import Prepared, offline_plan, plan_against, prepare, preview_verdict
+from builder.pipeline import Prepared, offline_plan, plan_against, preview_verdict
 from builder.sql import squawk
 from revos_schema import services
 from revos_schema.models import SchemaSubmission
@@ -174,7 +174,7 @@ def submission_preview(submission: SchemaSubmission) -> Preview | None:
     pending = submission.status == SchemaSubmission.Status.PENDING_APPROVAL
     fallback = ""
     if pending:
-        prepared = prepare(envelope, target_schema=services.builder_settings().target_schema)
+        prepared = services.prepare_request(envelope)
         if isinstance(prepared, Prepared) and prepared.schema_hash == submission.schema_hash:
             checked = check(prepared)
             if checked.plan is not None:

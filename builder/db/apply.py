@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
@@ -34,12 +35,13 @@ from typing import Any
 import psycopg
 from psycopg.pq import TransactionStatus
 
-from builder.db import catalog, introspect, ledger
+from builder.db import catalog, introspect, ledger, locks
 from builder.errors import CallerFailed
 from builder.evolve.plan import Plan, catalog_names, make_plan, tables_needing_rows
 from builder.evolve.risk import Decision, Verdict, gate
 from builder.evolve.verify import verify
 from builder.request.envelope import SAFE_PROFILE
+from builder.schema.limits import DEFAULT_LIMITS, Limits
 from builder.schema.names import UPDATED_AT_FUNCTION
 from builder.schema.spec import Schema
 from builder.status import LedgerStatus, Status
@@ -52,12 +54,17 @@ class ApplySettings:
     The timeouts fit a busy production database: DDL that cannot get its lock within
     `lock_timeout_ms` fails instead of queueing every other query behind it.
     `lock_wait_ms` bounds the wait for another apply of the same target to finish.
+    `limits` bound what one version may describe (`builder.schema.limits`, checked before
+    anything reaches the target); `max_lock_share` is the largest share of the target's shared
+    lock table that one apply may hold (`builder.db.locks`).
     """
 
     target_schema: str = "public"
     lock_timeout_ms: int = 5_000
     statement_timeout_ms: int = 120_000
     lock_wait_ms: int = 60_000
+    limits: Limits = DEFAULT_LIMITS
+    max_lock_share: float = 0.3
 
 
 @dataclass(frozen=True)
@@ -101,6 +108,10 @@ class ApplyResult:
     error: str | None = None
     db_ms: int = 0
     reapplied: bool = False
+    # The target connection broke and the target could not be reached again: the ledger may
+    # lack this attempt (`ledger_id` is then the row its transaction inserted, if it got that
+    # far, which is in the ledger exactly if that transaction committed).
+    unrecorded: bool = False
     plan: Plan | None = None
     verdict: Verdict | None = None
     steps: tuple[dict[str, Any], ...] = ()
@@ -124,15 +135,21 @@ def apply_attempt(
     attempt: Attempt,
     settings: ApplySettings,
     *,
-    before_commit: Callable[[Plan], None] | None = None,
+    before_commit: Callable[[Plan, str], None] | None = None,
+    reconnect: Reconnect | None = None,
 ) -> ApplyResult:
     """Apply `attempt` on `conn` (autocommit, idle) and record it; never raise for DB errors.
 
-    `before_commit` is called once with the plan, inside the transaction, after the plan's
-    statements and its ledger row ran and before the commit: a caller records the attempt there,
-    so that a committed change is always on its record too. If it raises, the transaction is
-    rolled back, a `failed` ledger row says why, and `CallerFailed` is raised from its exception.
-    It is not called for a noop, a conflict, or a plan the gate holds or blocks.
+    `before_commit` is called once with the plan and the id of its ledger row, inside the
+    transaction, after the plan's statements and its ledger row ran and before the commit: a
+    caller records the attempt there, so that a committed change is always on its record too.
+    If it raises, the transaction is rolled back, a `failed` ledger row says why, and
+    `CallerFailed` is raised from its exception. It is not called for a noop, a conflict, or a
+    plan the gate holds or blocks.
+
+    If `conn` breaks (the server restarted, the backend was terminated), `reconnect` lends a
+    fresh connection, tried a few times, to learn from the ledger whether the transaction
+    committed and to record the failure if it did not (see `_settle_broken`).
     """
     if conn.info.transaction_status != TransactionStatus.IDLE:
         raise ValueError("apply_attempt needs an idle connection (no transaction in progress)")
@@ -148,11 +165,13 @@ def apply_attempt(
             existing = None  # decided again, and reported, under the lock
         if existing is not None and existing.schema_hash == attempt.schema_hash:
             return _found(Status.NOOP, existing, started)
+    backend_pid = conn.info.backend_pid
     planned: list[Plan] = []  # the plan made under the lock, for the record of a failure
+    inserted: list[str] = []  # the id of the ledger row the transaction inserted
     try:
         with conn.transaction() as transaction:
             result = _apply_locked(
-                conn, attempt, settings, not ledger_found, before_commit, planned
+                conn, attempt, settings, not ledger_found, before_commit, planned, inserted
             )
             if isinstance(result, ApplyResult) and result.status != Status.APPLIED:
                 raise psycopg.Rollback(transaction)  # held or blocked: nothing is kept
@@ -162,6 +181,9 @@ def apply_attempt(
         raise CallerFailed(error) from failure.__cause__
     except psycopg.Error as exc:
         error = describe_error(exc)
+        if (conn.closed or conn.broken) and reconnect is not None:
+            broken = _Broken(backend_pid, planned, inserted)
+            return _settle_broken(reconnect, attempt, settings, broken, error, started)
         ledger_id, applied_at = _record_failure(conn, attempt, planned, settings, error, started)
         return ApplyResult(
             status=Status.FAILED,
@@ -184,8 +206,9 @@ def _apply_locked(
     attempt: Attempt,
     settings: ApplySettings,
     create_ledger: bool,
-    before_commit: Callable[[Plan], None] | None,
+    before_commit: Callable[[Plan, str], None] | None,
     planned: list[Plan],
+    inserted: list[str],
 ) -> ApplyResult | ledger.LedgerRow:
     """The body of the apply's transaction; return the version's row if it is applied already."""
     target = settings.target_schema
@@ -207,7 +230,8 @@ def _apply_locked(
     occupied = introspect.tables_with_rows(conn, target, tables_needing_rows(schema, live))
     plan = make_plan(schema, live, occupied=occupied)
     planned.append(plan)
-    verdict = gate(
+    # A plan the server's lock table cannot hold is refused before anything runs.
+    verdict = locks.refusal(conn, plan, live, settings.max_lock_share) or gate(
         plan.risk,
         blockers=len(plan.blockers),
         profile=attempt.profile,
@@ -234,10 +258,7 @@ def _apply_locked(
     tenant_tables = [t.name for t in schema.tables if t.tenant_scoped]
     existing = [name for name in plan.existing_tables if name in tenant_tables]
     gaps = catalog.tenant_isolation_gaps(conn, target, tenant_tables) if existing else []
-    created_tables = tuple(op.table for op in plan.operations if op.action == "create_table")
-    created_indexes = tuple(
-        i.name for t in schema.tables if t.name in created_tables for i in t.indexes
-    ) + tuple(op.subject for op in plan.operations if op.action == "add_index")
+    created_tables, created_indexes = _created(schema, plan)
     row = _ledger_row(
         attempt,
         plan,
@@ -247,9 +268,10 @@ def _apply_locked(
         indexes_created=created_indexes,
     )
     ledger_id, applied_at = ledger.insert_row(conn, target, row)
+    inserted.append(ledger_id)
     if before_commit is not None:
         try:
-            before_commit(plan)
+            before_commit(plan, ledger_id)
         except Exception as exc:
             raise _CallerError() from exc
     return ApplyResult(
@@ -264,6 +286,106 @@ def _apply_locked(
         reapplied=existing_row is not None,
         plan=plan,
         verdict=verdict,
+    )
+
+
+def _created(schema: Schema, plan: Plan) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The tables and indexes the plan creates, in the schema's order."""
+    tables = tuple(op.table for op in plan.operations if op.action == "create_table")
+    indexes = tuple(i.name for t in schema.tables if t.name in tables for i in t.indexes) + tuple(
+        op.subject for op in plan.operations if op.action == "add_index"
+    )
+    return tables, indexes
+
+
+Reconnect = Callable[[], AbstractContextManager[psycopg.Connection[Any]]]
+"""Lends a fresh autocommit connection to the target for a `with` block (e.g. a pool's)."""
+
+# Waits before each try to reach the target again after the apply's connection broke.
+RECONNECT_DELAYS_S = (0.0, 0.5, 1.0, 2.0)
+
+
+@dataclass(frozen=True)
+class _Broken:
+    """What is known of an apply whose connection broke: its backend, plan and ledger row."""
+
+    backend_pid: int
+    planned: list[Plan]
+    inserted: list[str]
+
+
+def _settle_broken(
+    reconnect: Reconnect,
+    attempt: Attempt,
+    settings: ApplySettings,
+    broken: _Broken,
+    error: str,
+    started: float,
+) -> ApplyResult:
+    """Settle an apply whose connection broke, on a fresh connection.
+
+    The transaction committed exactly if the ledger row it inserted is there (its old backend,
+    if it still exists, is ended first so that the answer cannot change afterwards). A committed
+    apply goes on with its steps after COMMIT; an apply that did not commit gets its `failed`
+    row. If the target cannot be reached within a few tries, the result is `unrecorded`: the
+    caller keeps what it knows for a later reconciliation against the ledger.
+    """
+    planned = broken.planned
+    plan = planned[0] if planned else None
+    pending = broken.inserted[0] if broken.inserted else None
+    for delay in RECONNECT_DELAYS_S:
+        time.sleep(delay)
+        try:
+            with reconnect() as fresh:
+                found = None
+                if pending is not None:
+                    _end_backend(fresh, broken.backend_pid)
+                    found = ledger.find_row(fresh, settings.target_schema, pending)
+                if found is not None and plan is not None:
+                    tables, indexes = _created(attempt.schema, plan)
+                    committed = ApplyResult(
+                        status=Status.APPLIED,
+                        ledger_id=found.id,
+                        applied_at=found.applied_at,
+                        applied_schema_hash=found.schema_hash,
+                        tables_created=tables,
+                        indexes_created=indexes,
+                        existing_tables=plan.existing_tables,
+                        reapplied=found.status == LedgerStatus.REAPPLIED,
+                        plan=plan,
+                    )
+                    result = _after_commit(fresh, attempt, settings, committed)
+                    return replace(result, db_ms=_elapsed_ms(started))
+                note = f"{error}\n(the connection to the target broke; recorded on a new one)"
+                ledger_id, applied_at = _record_failure(
+                    fresh, attempt, planned, settings, note, started
+                )
+                if ledger_id is not None:
+                    return ApplyResult(
+                        status=Status.FAILED,
+                        ledger_id=ledger_id,
+                        applied_at=applied_at,
+                        error=error,
+                        db_ms=_elapsed_ms(started),
+                        plan=plan,
+                    )
+        except psycopg.Error:
+            continue  # not reachable yet (a pool timeout is an OperationalError too)
+    return ApplyResult(
+        status=Status.FAILED,
+        ledger_id=pending,
+        error=error,
+        db_ms=_elapsed_ms(started),
+        plan=plan,
+        unrecorded=True,
+    )
+
+
+def _end_backend(conn: psycopg.Connection[Any], pid: int) -> None:
+    """End backend `pid` if it still runs (the connection broke on the client's side only),
+    and wait for it to go, so that whether its transaction committed can no longer change."""
+    conn.execute(
+        "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE pid = %s", [pid]
     )
 
 

@@ -115,6 +115,28 @@ def find_applied(
     )
 
 
+_FIND_ROW = sql.SQL(
+    'SELECT "id"::text, "version", "schema_hash", "status", "applied_at" FROM {table} '
+    'WHERE "id" = %s'
+)
+
+
+def find_row(conn: psycopg.Connection[Any], target_schema: str, row_id: str) -> LedgerRow | None:
+    """Return the row `row_id`, or None (also when there is no ledger yet)."""
+    try:
+        values = conn.execute(
+            _FIND_ROW.format(table=ledger_table(target_schema)), [row_id]
+        ).fetchone()
+    except psycopg.errors.UndefinedTable:
+        return None
+    if values is None:
+        return None
+    row_id, version, schema_hash, status, applied_at = values
+    return LedgerRow(
+        id=row_id, version=version, schema_hash=schema_hash, status=status, applied_at=applied_at
+    )
+
+
 _INSERT_ROW = sql.SQL(
     'INSERT INTO {table} ({columns}) VALUES ({values}) RETURNING "id"::text, "applied_at"'
 )

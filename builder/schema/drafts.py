@@ -2,9 +2,9 @@
 
 `normalize` reads caller JSON into these mutable drafts (a name or type that failed validation
 is None), then runs the checks here, which need the whole schema: duplicate table names,
-references between tables, the one relation namespace per PostgreSQL schema, and the names the
-caller wants dropped that the schema itself defines. Only a schema without issues is frozen into
-`spec` dataclasses with `build_table`.
+references between tables, the one relation namespace per PostgreSQL schema, indexes that repeat
+another of their table, and the names the caller wants dropped that the schema itself defines.
+Only a schema without issues is frozen into `spec` dataclasses with `build_table`.
 """
 
 from __future__ import annotations
@@ -81,6 +81,8 @@ class TableDraft:
     indexes: list[IndexDraft] = field(default_factory=list)
     drop_columns: list[DropDraft] = field(default_factory=list)
     drop_indexes: list[DropDraft] = field(default_factory=list)
+    # The caller's index list was longer than the contract allows, and only its start was read.
+    indexes_cut: bool = False
 
     def column(self, name: str) -> ColumnDraft | None:
         """Return the column called `name`, or None."""
@@ -251,6 +253,65 @@ def check_dropped_indexes(tables: list[TableDraft], taken: dict[str, str], log: 
                     f"index {drop.name!r} is already dropped at {earlier.path} (index names are "
                     "unique per PostgreSQL schema)",
                 )
+
+
+def check_duplicate_indexes(tables: list[TableDraft], log: IssueLog) -> None:
+    """Log `duplicate_index` for an index of a table that has the key of an earlier one.
+
+    Two indexes with the same key columns, as built (a unique index of a tenant-scoped table
+    leads with `tenant_id`), and the same uniqueness are one index twice, whatever their names:
+    every write updates both, and the apply creates and locks both. The primary key, the
+    `(tenant_id, id)` key and each unique column's constraint come first. One issue per repeated
+    key, at the path of its first repeat, naming the index it repeats. A list cut at the
+    contract's maximum is not compared: its `too_many` is the issue that matters.
+    """
+    for table in tables:
+        if table.indexes_cut:
+            continue
+        first = dict(_constraint_keys(table))
+        repeats: dict[tuple[bool, tuple[str, ...]], list[IndexDraft]] = {}
+        for index in table.indexes:
+            key = (index.unique, _key_columns(table, index.columns, index.unique))
+            if key in first:
+                repeats.setdefault(key, []).append(index)
+            else:
+                first[key] = f"the index {index.name!r} ({index.path})"
+        for key, (index, *more) in repeats.items():
+            times = f"{len(more)} more time{'s' if len(more) > 1 else ''}"
+            also = f" (repeated {times} in this table)" if more else ""
+            log.add(
+                index.path,
+                "duplicate_index",
+                f"index {index.name!r} of table {table.name!r} is the same as {first[key]}: "
+                f"{'unique, ' if key[0] else ''}on ({', '.join(key[1])}){also}",
+            )
+
+
+def _constraint_keys(table: TableDraft) -> Iterable[tuple[tuple[bool, tuple[str, ...]], str]]:
+    """Yield the key, and a description, of the index behind each PK and UNIQUE constraint."""
+    assert table.name is not None
+    primary = tuple(c.name for c in table.columns if c.primary_key)
+    if primary:
+        yield (True, primary), f"the primary key {names.primary_key_name(table.name)!r}"
+        if table.tenant_scoped:
+            name = names.tenant_key_name(table.name)
+            yield (True, _key_columns(table, primary, True)), f"the unique constraint {name!r}"
+    for column in table.columns:
+        if column.unique and not column.primary_key:
+            name = names.unique_constraint_name(table.name, column.name)
+            key = _key_columns(table, (column.name,), True)
+            yield (True, key), f"the unique constraint {name!r} ({column.path}.unique)"
+
+
+def _key_columns(table: TableDraft, columns: tuple[str, ...], unique: bool) -> tuple[str, ...]:
+    """The key columns of an index as `builder.sql.render` builds it.
+
+    A uniqueness in a tenant-scoped table leads with `tenant_id`, as `render.unique_columns`
+    makes it (this stage comes before SQL and does not import it).
+    """
+    if not (unique and table.tenant_scoped):
+        return columns
+    return ("tenant_id", *(c for c in columns if c != "tenant_id"))
 
 
 def _constraint_indexes(tables: Iterable[TableDraft]) -> Iterable[tuple[str, str, str]]:

@@ -48,6 +48,7 @@ from builder.schema.drafts import (
     build_table,
     check_dropped_indexes,
     check_dropped_tables,
+    check_duplicate_indexes,
     check_references,
     unique_tables,
 )
@@ -111,6 +112,7 @@ def normalize_schema(payload: object, *, path: str = "payload") -> Schema:
     check_dropped_tables(drop_tables, tables, log)
     check_references(read, tables, log, dropped=frozenset(d.name for d in drop_tables))
     taken = assign_relation_names(tables, log)
+    check_duplicate_indexes(tables, log)
     check_dropped_indexes(tables, taken, log)
     if log or version is None or description is None:
         raise SchemaValidationError(log.items)
@@ -196,6 +198,7 @@ def _read_table(raw: object, path: str, log: IssueLog) -> TableDraft | None:
     if len(table.columns) > MAX_COLUMNS and _length(obj.get("columns")) <= MAX_COLUMNS:
         log.add(f"{path}.columns", "too_many", f"a table has at most {MAX_COLUMNS} columns")
     raw_indexes = read_list(obj, "indexes", path, log, required=False, limit=MAX_INDEXES)
+    table.indexes_cut = _length(obj.get("indexes")) > MAX_INDEXES
     indexes = [_read_index(x, f"{path}.indexes[{k}]", log) for k, x in enumerate(raw_indexes)]
     table.indexes = _check_index_columns(table, [x for x in indexes if x is not None], log)
     table.indexes = _default_indexes(table) + table.indexes

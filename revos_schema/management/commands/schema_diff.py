@@ -19,11 +19,11 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from builder.errors import UnsafeSQLError
 from builder.evolve.plan import Plan
 from builder.evolve.risk import Verdict
-from builder.pipeline import Prepared, Rejected, plan_against, prepare, preview_verdict
+from builder.pipeline import Prepared, Rejected, plan_against, preview_verdict
 from builder.sql import squawk
 from revos_schema.management.commands._envelope import read_envelope
 from revos_schema.preview import where_it_runs
-from revos_schema.services import builder_settings, target_connection
+from revos_schema.services import builder_settings, prepare_request, target_connection
 
 
 class Command(BaseCommand):
@@ -48,7 +48,7 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         target_schema = builder_settings().target_schema
         try:
-            prepared = prepare(read_envelope(options["file"]), target_schema=target_schema)
+            prepared = prepare_request(read_envelope(options["file"]))
         except UnsafeSQLError as exc:
             raise CommandError(f"the generated SQL failed its check: {exc}", returncode=1) from exc
         if isinstance(prepared, Rejected):

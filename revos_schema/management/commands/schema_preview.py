@@ -7,9 +7,9 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from builder.pipeline import Rejected, prepare
+from builder.pipeline import Rejected
 from revos_schema.management.commands._envelope import read_envelope
-from revos_schema.services import builder_settings
+from revos_schema.services import prepare_request
 
 
 class Command(BaseCommand):
@@ -23,9 +23,7 @@ class Command(BaseCommand):
         parser.add_argument("file", help="Request envelope JSON file, or - for standard input.")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        prepared = prepare(
-            read_envelope(options["file"]), target_schema=builder_settings().target_schema
-        )
+        prepared = prepare_request(read_envelope(options["file"]))
         if isinstance(prepared, Rejected):
             errors = [issue.to_dict() for issue in prepared.issues]
             self.stdout.write(json.dumps({"validation_errors": errors}, indent=2))

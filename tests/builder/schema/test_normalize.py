@@ -1009,6 +1009,7 @@ valid_tables = st.fixed_dictionaries(
                 {"columns": st.just(["created_at"])}, optional={"unique": st.booleans()}
             ),
             max_size=2,
+            unique_by=lambda index: index.get("unique", False),
         ),
     },
 )
