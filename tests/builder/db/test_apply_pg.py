@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from contextlib import nullcontext
 from typing import Any
 
 import psycopg
@@ -550,3 +551,72 @@ def test_a_worker_stopped_during_before_commit_rolls_the_apply_back(target_conn,
     assert (relations(target_conn, target_schema), ledger_rows(target_conn, target_schema)) == (
         before
     )
+
+
+# --- the target connection breaks during the apply ----------------------------------------------
+
+
+def lender_of(worker: psycopg.Connection, later: str):
+    """Lend `worker` first (the apply's connection), then new connections to `later`."""
+    lent = iter([worker])
+
+    def lend():
+        conn = next(lent, None)
+        return nullcontext(conn) if conn else psycopg.connect(later, autocommit=True)
+
+    return lend
+
+
+def break_before_commit(admin: psycopg.Connection, worker: psycopg.Connection):
+    """A `before_commit` that terminates the worker's backend: its COMMIT then fails."""
+    pid = worker.info.backend_pid
+
+    def before_commit(prepared: Any) -> None:
+        admin.execute("SELECT pg_terminate_backend(%s, 5000)", [pid])
+
+    return before_commit
+
+
+def test_a_broken_connection_is_recorded_as_failed_on_a_fresh_one(
+    target_conn, target_dsn, target_schema
+):
+    settings = settings_for(target_schema)
+    run_schema_builder(envelope([PATIENTS]), target_conn, settings=settings)
+    with psycopg.connect(target_dsn, autocommit=True) as worker:
+        outcome = run_schema_builder(
+            envelope([PATIENTS, APPOINTMENTS], version="002"),
+            lender_of(worker, target_dsn),
+            settings=settings,
+            before_commit=break_before_commit(target_conn, worker),
+        )
+    assert outcome.status == "failed" and not outcome.unrecorded
+    assert "appointments" not in relations(target_conn, target_schema)
+    rows = ledger_rows(target_conn, target_schema)
+    assert [(r[0], r[1]) for r in rows] == [("001", "success"), ("002", "failed")]
+    assert rows[1][3] == outcome.migration.script
+    assert "the connection to the target broke; recorded on a new one" in rows[1][4]
+    assert outcome.migration_log_id is not None
+
+
+def test_a_broken_connection_to_an_unreachable_target_is_left_to_settle(
+    target_conn, target_dsn, target_schema
+):
+    settings = settings_for(target_schema)
+    run_schema_builder(envelope([PATIENTS]), target_conn, settings=settings)
+    worker = psycopg.connect(target_dsn, autocommit=True)
+    outcome = run_schema_builder(
+        envelope([PATIENTS, APPOINTMENTS], version="002"),
+        # Nothing listens on port 1: the target cannot be reached again.
+        lender_of(worker, "host=127.0.0.1 port=1 connect_timeout=2"),
+        settings=settings,
+        before_commit=break_before_commit(target_conn, worker),
+    )
+    worker.close()
+    assert outcome.status == "failed" and outcome.unrecorded
+    result = outcome.response["result"]
+    assert "settled from its ledger" in result["summary"]
+    assert result["primary_outputs"]["migration_log_id"] is None
+    assert outcome.response["audit"]["data_written"] == []
+    # The row its transaction inserted is the one to look for; it did not commit.
+    assert outcome.migration_log_id is not None
+    assert [(r[0], r[1]) for r in ledger_rows(target_conn, target_schema)] == [("001", "success")]
