@@ -55,8 +55,20 @@ def run(*args: str) -> str:
     return out.getvalue()
 
 
-def killed_after_commit(target: str, target_conn: psycopg.Connection, target_dsn: str, tmp_path):
-    """Apply v001 in-process, then v002 in a `schema_apply` process killed after its COMMIT."""
+APP_CONNECTION = "revos-app-under-test"
+
+
+def killed_after_commit(
+    target: str,
+    target_conn: psycopg.Connection,
+    target_dsn: str,
+    tmp_path,
+    *,
+    fault: str = "kill",
+):
+    """Apply v001 in-process, then v002 in a `schema_apply` process interrupted after its
+    COMMIT: killed (`fault="kill"`), or its connection to the app's database terminated
+    (`fault="app-connection"`), so that it cannot store the outcome."""
     assert (
         run_schema_builder(envelope([PATIENTS]), target_conn, settings=ApplySettings(target)).status
         == "applied"
@@ -71,7 +83,8 @@ def killed_after_commit(target: str, target_conn: psycopg.Connection, target_dsn
     request.write_text(json.dumps(envelope([WITH_MRN_INDEX], version="002")))
     env = environment_without_settings()
     env.update(
-        DATABASE_URL=database_url(),
+        # The app's connections are named, to be told from the target's (the same database).
+        DATABASE_URL=f"{database_url()}?application_name={APP_CONNECTION}",
         WF106_TARGET_SCHEMA=target,
         DJANGO_SETTINGS_MODULE="revos_schema.settings",
         PYTHONPATH=str(PROJECT_ROOT),
@@ -94,11 +107,21 @@ def killed_after_commit(target: str, target_conn: psycopg.Connection, target_dsn
         try:
             reached = wait_for_concurrent_build(target_conn, target, worker)
             assert reached, (tmp_path / "worker.log").read_text()
+            if fault == "app-connection":
+                ended = target_conn.execute(
+                    "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid, 5000)) "
+                    "FROM pg_stat_activity WHERE application_name = %s",
+                    [APP_CONNECTION],
+                ).fetchone()[0]
+                assert ended >= 1
+                open_writer.rollback()  # the build goes on; storing the outcome then fails
+                assert worker.wait(timeout=60) == 1
         finally:
             if worker.poll() is None:
                 os.kill(worker.pid, signal.SIGKILL)
             worker.wait(timeout=30)
-        open_writer.rollback()
+        if not open_writer.closed:
+            open_writer.rollback()
 
 
 def wait_for_concurrent_build(
@@ -124,10 +147,11 @@ def stuck_submission() -> SchemaSubmission:
     return stuck
 
 
-def test_a_retry_settles_a_request_killed_after_its_commit(
-    target, target_conn, target_dsn, tmp_path
+@pytest.mark.parametrize("fault", ["kill", "app-connection"])
+def test_a_retry_settles_a_request_interrupted_after_its_commit(
+    target, target_conn, target_dsn, tmp_path, fault
 ):
-    killed_after_commit(target, target_conn, target_dsn, tmp_path)
+    killed_after_commit(target, target_conn, target_dsn, tmp_path, fault=fault)
     stuck = stuck_submission()
     rows = ledger_rows(target_conn, target)
     assert [(r[1], r[2]) for r in rows] == [("001", "success"), ("002", "success")]
