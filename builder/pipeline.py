@@ -243,6 +243,7 @@ def run_schema_builder(
     settings: applying.ApplySettings | None = None,
     emit: EventSink | None = None,
     before_commit: Callable[[Prepared], None] | None = None,
+    before_script: Callable[[Prepared], None] | None = None,
     hold: bool = False,
     account: str | None = None,
 ) -> Outcome:
@@ -258,7 +259,8 @@ def run_schema_builder(
     `schema_migration_pending_approval`). `before_commit` is called once, with the prepared
     request (its schema and the plan's SQL), after the plan ran and before the target commits
     (see `builder.db.apply.apply_attempt`); never for blocked, preview, held, noop and
-    conflict answers. `account` is the authenticated account that sent the request, recorded as
+    conflict answers. `before_script` is called likewise just before the plan's statements run.
+    `account` is the authenticated account that sent the request, recorded as
     the ledger's `applied_by` (the caller's `context.actor_id` is kept beside it as claimed).
     """
     settings = settings or applying.ApplySettings()
@@ -288,6 +290,7 @@ def run_schema_builder(
         settings=settings,
         emit=emit,
         before_commit=before_commit,
+        before_script=before_script,
         started=started,
         hold=hold,
         account=account,
@@ -349,6 +352,7 @@ def apply_prepared(
     settings: applying.ApplySettings | None = None,
     emit: EventSink | None = None,
     before_commit: Callable[[Prepared], None] | None = None,
+    before_script: Callable[[Prepared], None] | None = None,
     started: float | None = None,
     hold: bool = False,
     approved_checksum: str | None = None,
@@ -358,7 +362,8 @@ def apply_prepared(
 ) -> Outcome:
     """Plan `prepared` against the target under its lock and apply it if the gate lets it.
 
-    The same last stage as `run_schema_builder`'s, with the same `emit`, `before_commit` and
+    The same last stage as `run_schema_builder`'s, with the same `emit`, `before_commit`,
+    `before_script` and
     `account`. `approved_checksum` is the checksum of a plan an approver (`approved_by`)
     accepted: it is applied whatever its risk, if the plan made under the lock is still exactly
     that one (otherwise `conflict`). `reconnect` lends a fresh target connection if `conn`
@@ -380,6 +385,9 @@ def apply_prepared(
         ),
         settings,
         before_commit=None if before_commit is None else on_commit,
+        before_script=None
+        if before_script is None
+        else lambda plan: before_script(replace(prepared, migration=plan.migration)),
         reconnect=reconnect,
     )
     if result.status == Status.PENDING_APPROVAL:

@@ -133,9 +133,11 @@ def submit_envelope(
 ) -> tuple[Outcome, SchemaSubmission]:
     """Run the builder on the request, store it as a `SchemaSubmission`, return both.
 
-    A request that writes to the target is stored as `received`, with its plan, after its script
-    ran and before the target commits (the builder's `before_commit`): a change committed to the
-    target is on record even if this process dies before storing the outcome. The outcome then
+    A request that writes to the target is stored as `received`, with its plan, just before its
+    script runs (the builder's `before_script`), and given the id of its ledger row before the
+    target commits (`before_commit`): an attempt is on record even if this process dies in the
+    middle of it, and a change committed to the target is on record with its ledger row even if
+    this process dies before storing the outcome (`reconcile` settles both). The outcome then
     updates that row, in one transaction with the events the builder emitted (the
     `schema_migration_applied` event of an apply): an event is on record exactly when its
     outcome is. Blocked, preview, held, noop and conflict answers never write to the target and
@@ -154,12 +156,19 @@ def submit_envelope(
         submitted_by=user if getattr(user, "is_authenticated", False) else None,
     )
 
-    def record_attempt(prepared: Prepared) -> None:
+    def record_start(prepared: Prepared) -> None:
+        # Under way: if this process dies in the middle of the script, the attempt is still
+        # on record, and reconciliation writes it to the ledger as interrupted.
         with transaction.atomic():
             _set_plan(submission, prepared)
-            # The ledger row the target commits with this attempt, if it commits.
-            submission.migration_log_id = prepared.ledger_id
             submission.save(force_insert=True)
+
+    def record_attempt(prepared: Prepared) -> None:
+        # The ledger row the target commits with this attempt, if it commits.
+        submission.migration_log_id = prepared.ledger_id
+        SchemaSubmission.objects.filter(pk=submission.pk).update(
+            migration_log_id=prepared.ledger_id, updated_at=timezone.now()
+        )
 
     events: list[dict[str, Any]] = []
     try:
@@ -171,6 +180,7 @@ def submit_envelope(
             settings=builder_settings(),
             emit=events.append,
             before_commit=record_attempt,
+            before_script=record_start,
             hold=hold or settings.WF106_REQUIRE_APPROVAL,
             account=account_name(user, source),
         )

@@ -136,6 +136,7 @@ def apply_attempt(
     settings: ApplySettings,
     *,
     before_commit: Callable[[Plan, str], None] | None = None,
+    before_script: Callable[[Plan], None] | None = None,
     reconnect: Reconnect | None = None,
 ) -> ApplyResult:
     """Apply `attempt` on `conn` (autocommit, idle) and record it; never raise for DB errors.
@@ -146,6 +147,10 @@ def apply_attempt(
     If it raises, the transaction is rolled back, a `failed` ledger row says why, and
     `CallerFailed` is raised from its exception. It is not called for a noop, a conflict, or a
     plan the gate holds or blocks.
+
+    `before_script` is called the same way (and with the same consequences if it raises) just
+    before the plan's statements run: a caller records there that the attempt is under way, so
+    that one interrupted in the middle of its script is on record too.
 
     If `conn` breaks (the server restarted, the backend was terminated), `reconnect` lends a
     fresh connection, tried a few times, to learn from the ledger whether the transaction
@@ -171,7 +176,13 @@ def apply_attempt(
     try:
         with conn.transaction() as transaction:
             result = _apply_locked(
-                conn, attempt, settings, not ledger_found, before_commit, planned, inserted
+                conn,
+                attempt,
+                settings,
+                not ledger_found,
+                _Hooks(before_script, before_commit),
+                planned,
+                inserted,
             )
             if isinstance(result, ApplyResult) and result.status != Status.APPLIED:
                 raise psycopg.Rollback(transaction)  # held or blocked: nothing is kept
@@ -206,7 +217,7 @@ def _apply_locked(
     attempt: Attempt,
     settings: ApplySettings,
     create_ledger: bool,
-    before_commit: Callable[[Plan, str], None] | None,
+    hooks: _Hooks,
     planned: list[Plan],
     inserted: list[str],
 ) -> ApplyResult | ledger.LedgerRow:
@@ -252,6 +263,11 @@ def _apply_locked(
             error="The plan made against the database now differs from the approved plan "
             "(the database changed in between); nothing was executed.",
         )
+    if hooks.before_script is not None:
+        try:
+            hooks.before_script(plan)
+        except Exception as exc:
+            raise _CallerError() from exc
     script_started = time.monotonic()
     if plan.transaction_statements:
         conn.execute(plan.transaction_script.encode())
@@ -269,9 +285,9 @@ def _apply_locked(
     )
     ledger_id, applied_at = ledger.insert_row(conn, target, row)
     inserted.append(ledger_id)
-    if before_commit is not None:
+    if hooks.before_commit is not None:
         try:
-            before_commit(plan, ledger_id)
+            hooks.before_commit(plan, ledger_id)
         except Exception as exc:
             raise _CallerError() from exc
     return ApplyResult(
@@ -477,6 +493,14 @@ def _reset_session(conn: psycopg.Connection[Any]) -> None:
     if not (conn.closed or conn.broken):
         conn.execute("RESET lock_timeout")
         conn.execute("RESET statement_timeout")
+
+
+@dataclass(frozen=True)
+class _Hooks:
+    """The caller's callbacks inside the apply's transaction (see `apply_attempt`)."""
+
+    before_script: Callable[[Plan], None] | None
+    before_commit: Callable[[Plan, str], None] | None
 
 
 class _CallerError(Exception):

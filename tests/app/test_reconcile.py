@@ -246,3 +246,77 @@ def test_a_submission_that_may_still_commit_is_left_alone(target, target_conn, s
     assert "1 may still commit and were left as received" in output
     young.refresh_from_db()
     assert young.status == "received"
+
+
+def test_a_request_killed_in_the_middle_of_its_script_is_recorded_as_interrupted(
+    target, target_conn, target_dsn, tmp_path, settings
+):
+    assert (
+        run_schema_builder(envelope([PATIENTS]), target_conn, settings=ApplySettings(target)).status
+        == "applied"
+    )
+    with_email = {**PATIENTS, "columns": [*PATIENTS["columns"], {"name": "email", "type": "TEXT"}]}
+    request = tmp_path / "v002.json"
+    request.write_text(json.dumps(envelope([with_email], version="002")))
+    env = environment_without_settings()
+    env.update(
+        DATABASE_URL=database_url(),
+        WF106_TARGET_SCHEMA=target,
+        WF106_LOCK_TIMEOUT_MS="60000",  # it waits for the lock until it is killed
+        DJANGO_SETTINGS_MODULE="revos_schema.settings",
+        PYTHONPATH=str(PROJECT_ROOT),
+        DEBUG="1",
+    )
+    in_script = "SELECT pid FROM pg_stat_activity WHERE query LIKE %s AND wait_event_type = 'Lock'"
+    alter = f'%ALTER TABLE "{target}"."patients" ADD COLUMN IF NOT EXISTS "email"%'
+    with psycopg.connect(target_dsn) as open_writer:
+        # A transaction on the table: the script's ALTER TABLE waits for it.
+        open_writer.execute(
+            sql.SQL(
+                "INSERT INTO {} (tenant_id, first_name, last_name) VALUES (%s, 'a', 'b')"
+            ).format(sql.Identifier(target, "patients")),
+            [TENANT],
+        )
+        worker = subprocess.Popen(
+            [sys.executable, "manage.py", "schema_apply", str(request)],
+            cwd=PROJECT_ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while not target_conn.execute(in_script, [alter]).fetchall():
+                assert time.monotonic() < deadline and worker.poll() is None
+                time.sleep(0.05)
+        finally:
+            if worker.poll() is None:
+                os.kill(worker.pid, signal.SIGKILL)
+            worker.wait(timeout=30)
+    # The killed apply's backend ends once it finds its client gone: its transaction is rolled back.
+    deadline = time.monotonic() + 60
+    while target_conn.execute(
+        "SELECT count(*) FROM pg_stat_activity WHERE query LIKE %s", [alter]
+    ).fetchone()[0]:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    [stuck] = SchemaSubmission.objects.filter(schema_version="002")
+    assert (stuck.status, stuck.migration_log_id) == ("received", None)
+    assert stuck.generated_sql  # the attempt is on record with its SQL
+    assert [(r[1], r[2]) for r in ledger_rows(target_conn, target)] == [("001", "success")]
+
+    settings.WF106_STATEMENT_TIMEOUT_MS = 1  # its transaction is over: settle it now
+    output = run("reconcile_submissions")
+
+    assert f"{stuck.pk}: failed (interrupted before its apply committed)" in output
+    stuck.refresh_from_db()
+    assert stuck.status == "failed" and stuck.error_message.startswith("interrupted")
+    rows = ledger_rows(target_conn, target)
+    assert [(r[1], r[2]) for r in rows] == [("001", "success"), ("002", "failed")]
+    assert rows[1][0] == str(stuck.migration_log_id)
+    email = target_conn.execute(
+        "SELECT count(*) FROM information_schema.columns WHERE table_schema = %s "
+        "AND table_name = 'patients' AND column_name = 'email'",
+        [target],
+    ).fetchone()[0]
+    assert email == 0
