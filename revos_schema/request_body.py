@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import IO, Any
 
 from django.core.exceptions import RequestDataTooBig
-from django.http import HttpRequest
+from django.http import HttpRequest, UnreadablePostError
 from rest_framework import exceptions, status
 from rest_framework.request import Request
 
@@ -31,7 +31,14 @@ class BodyTooLarge(BodyError):
 
 
 class BodyUnreadable(BodyError):
-    """The input failed while the body was read (a broken chunked encoding, a dropped client)."""
+    """The input failed while the body was read (a broken chunked encoding, a dropped client).
+
+    A client that stops sending the body makes the input fail too, under the production server
+    (revos_schema.gunicorn_worker): its socket's read times out.
+    """
+
+
+STALLED = "The request body did not arrive: the client stopped sending it before its end."
 
 
 class LengthRequired(exceptions.APIException):
@@ -97,6 +104,8 @@ def _read_up_to(stream: IO[bytes], size: int) -> bytes:
     while remaining > 0:
         try:
             data = stream.read(min(remaining, READ_STEP))
+        except TimeoutError as exc:
+            raise BodyUnreadable(STALLED) from exc
         except Exception as exc:
             # The server's own errors: gunicorn raises its parser's exceptions (not OSError) for
             # a malformed chunk, and NoMoreData when the client goes away mid-body.
@@ -116,3 +125,20 @@ def _django_body(request: HttpRequest | Request) -> bytes:
         return request.body
     except RequestDataTooBig as exc:
         raise BodyTooLarge from exc
+    except UnreadablePostError as exc:
+        # Django turns the input's OSError (a timeout, a reset connection) into this one, once or
+        # twice over: the original is at the end of the chain of causes.
+        if _caused_by(exc, TimeoutError):
+            raise BodyUnreadable(STALLED) from exc
+        raise BodyUnreadable(
+            "The request body could not be read: the connection failed before its end."
+        ) from exc
+
+
+def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, kind):
+            return True
+        cause = cause.__cause__
+    return False

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from revos_schema.envvars import environment_without_settings
+from revos_schema.gunicorn_worker import CLIENT_TIMEOUT_ENV
 from tests.app.test_api_concurrency import (
     PROJECT_ROOT,
     REQUEST_TIMEOUT_S,
@@ -40,10 +41,12 @@ def recommended_gunicorn(tmp_path: Path, *options: str, **environment: str) -> I
     """Serve the app with gunicorn.conf.py on a free loopback port until the block ends.
 
     `options` are added to the command line (they override the file); `environment` to the
-    server's environment, e.g. `WF106_TARGET_SCHEMA`.
+    server's environment, e.g. `WF106_TARGET_SCHEMA` or `WF106_CLIENT_TIMEOUT_S` (the worker's
+    own setting, else its default: not the one of the shell that runs the tests).
     """
     port = free_port()
     env = environment_without_settings()
+    env.pop(CLIENT_TIMEOUT_ENV, None)
     env.update(
         DJANGO_SETTINGS_MODULE="revos_schema.settings",
         DATABASE_URL=database_url(),
