@@ -704,6 +704,8 @@ def _warnings(result: applying.ApplyResult, *, approved: bool = False) -> list[s
             for op in result.plan.operations
             if op.risk != Risk.SAFE and not approved
         )
+    if result.status == Status.APPLIED and result.error:
+        warnings.append(result.error)
     if result.verification is not None and not result.verification["ok"]:
         warnings.append(
             "Verification found differences between the database and the schema: "

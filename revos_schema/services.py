@@ -54,10 +54,23 @@ def prepare_request(raw: object) -> Prepared | Rejected:
     return prepare(raw, target_schema=configured.target_schema, limits=configured.limits)
 
 
+_DJANGO_ONLY_OPTIONS = frozenset(
+    {"isolation_level", "server_side_binding", "assume_role", "pool", "cursor_factory"}
+)
+
+
 def target_conninfo() -> str:
     """Return a libpq conninfo string for the target database (the test one under pytest)."""
     config = connections["target"].settings_dict
+    # The URL's libpq parameters (sslmode, application_name, ...) as Django keeps them; the
+    # options that only Django's backend understands are left out.
+    options = {
+        key: str(value)
+        for key, value in (config.get("OPTIONS") or {}).items()
+        if key not in _DJANGO_ONLY_OPTIONS and isinstance(value, str | int)
+    }
     params = {
+        **options,
         "dbname": config.get("NAME"),
         "user": config.get("USER"),
         "password": config.get("PASSWORD"),
@@ -327,10 +340,17 @@ def _update_received(submission: SchemaSubmission) -> bool:
 
 
 def store_unavailable(submission: SchemaSubmission, exc: psycopg.OperationalError) -> None:
+    """Record that the target could not be reached.
+
+    A submission already stored as `received` had its attempt under way: whether that committed
+    is for the ledger to tell, so it stays `received`, with the reason, for `reconcile`.
+    """
+    if not submission._state.adding:
+        SchemaSubmission.objects.filter(
+            pk=submission.pk, status=SchemaSubmission.Status.RECEIVED
+        ).update(error_message=f"target database unavailable: {exc}", updated_at=timezone.now())
+        return
     submission.status = Status.FAILED
     submission.http_status = 503
     submission.error_message = f"target database unavailable: {exc}"
-    if submission._state.adding:  # the target failed before the request was planned
-        submission.save(force_insert=True)
-    else:
-        submission.save(update_fields=OUTCOME_FIELDS)
+    submission.save(force_insert=True)  # the target failed before the attempt started

@@ -208,7 +208,7 @@ def apply_attempt(
         status = Status.CONFLICT if result.schema_hash != attempt.schema_hash else Status.NOOP
         return _found(status, result, started)
     if result.status == Status.APPLIED:
-        result = _after_commit(conn, attempt, settings, result)
+        result = _after_commit_anywhere(conn, attempt, settings, result, reconnect)
     return replace(result, db_ms=_elapsed_ms(started))
 
 
@@ -395,6 +395,61 @@ def _settle_broken(
         plan=plan,
         unrecorded=True,
     )
+
+
+def _after_commit_anywhere(
+    conn: psycopg.Connection[Any],
+    attempt: Attempt,
+    settings: ApplySettings,
+    result: ApplyResult,
+    reconnect: Reconnect | None,
+) -> ApplyResult:
+    """Run the steps after COMMIT; if the connection breaks, run them again on a new one.
+
+    The transaction has committed, so the answer stays `applied` whatever happens here. On the
+    new connection an index that the broken build left invalid is dropped first (its
+    operation's cleanup), then every step runs again: each is idempotent. If the target cannot
+    be reached again, the result says so in `error`, and the steps are not recorded.
+    """
+    try:
+        return _after_commit(conn, attempt, settings, result)
+    except psycopg.Error as exc:
+        if not (conn.closed or conn.broken):
+            raise
+        lost = describe_error(exc)
+    for delay in RECONNECT_DELAYS_S if reconnect is not None else ():
+        time.sleep(delay)
+        try:
+            assert reconnect is not None
+            with reconnect() as fresh:
+                _drop_invalid_indexes(fresh, settings.target_schema, result.plan)
+                return _after_commit(fresh, attempt, settings, result)
+        except psycopg.Error:
+            continue
+    return replace(
+        result,
+        error=(
+            "The transaction committed, but the connection to the target broke after COMMIT "
+            f"and its steps after COMMIT could not be completed ({lost}). `schema_verify` "
+            "shows what is missing; sending the version again with force_apply completes it."
+        ),
+    )
+
+
+def _drop_invalid_indexes(conn: psycopg.Connection[Any], target: str, plan: Plan | None) -> None:
+    """Run the cleanup of the plan's operations whose index a broken build left invalid."""
+    if plan is None:
+        return
+    rows = conn.execute(
+        "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND NOT i.indisvalid",
+        [target],
+    ).fetchall()
+    invalid = {row[0] for row in rows}
+    for op in plan.operations:
+        if op.subject in invalid:
+            for statement in op.cleanup:
+                conn.execute(statement.encode())
 
 
 def _end_backend(conn: psycopg.Connection[Any], pid: int) -> None:

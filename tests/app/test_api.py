@@ -684,3 +684,17 @@ def test_new_target_connections_give_up_as_soon_as_a_request_stops_waiting(
 
     settings.WF106_TARGET_POOL_TIMEOUT_S = wait
     assert conninfo_to_dict(services.target_conninfo())["connect_timeout"] == connect_timeout
+
+
+def test_the_target_connection_keeps_the_urls_libpq_parameters(target, settings, monkeypatch):
+    from django.db import connections
+    from psycopg.conninfo import conninfo_to_dict
+
+    from revos_schema import services
+
+    config = connections["target"].settings_dict
+    options = {"sslmode": "prefer", "application_name": "revos-target", "server_side_binding": True}
+    monkeypatch.setitem(config, "OPTIONS", options)
+    conninfo = conninfo_to_dict(services.target_conninfo())
+    assert (conninfo["sslmode"], conninfo["application_name"]) == ("prefer", "revos-target")
+    assert "server_side_binding" not in conninfo

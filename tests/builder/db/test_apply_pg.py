@@ -620,3 +620,57 @@ def test_a_broken_connection_to_an_unreachable_target_is_left_to_settle(
     # The row its transaction inserted is the one to look for; it did not commit.
     assert outcome.migration_log_id is not None
     assert [(r[0], r[1]) for r in ledger_rows(target_conn, target_schema)] == [("001", "success")]
+
+
+def test_a_connection_broken_after_commit_finishes_the_steps_on_a_fresh_one(
+    target_conn, target_dsn, target_schema
+):
+    settings = settings_for(target_schema)
+    run_schema_builder(envelope([PATIENTS]), target_conn, settings=settings)
+    target_conn.execute(
+        sql.SQL(
+            "INSERT INTO {} (tenant_id, first_name, last_name) "
+            "VALUES ('00000000-0000-0000-0000-00000000000a', 'a', 'b')"
+        ).format(sql.Identifier(target_schema, "patients"))
+    )
+    with_mrn = {**PATIENTS, "indexes": [*PATIENTS["indexes"], {"columns": ["mrn"]}]}
+    outcomes: list[Any] = []
+    worker = psycopg.connect(target_dsn, autocommit=True)
+    with psycopg.connect(target_dsn) as snapshot:
+        # An old snapshot: the concurrent build waits for it, and is caught there.
+        snapshot.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        snapshot.execute("SELECT 1").fetchone()
+        thread = threading.Thread(
+            target=lambda: outcomes.append(
+                run_schema_builder(
+                    envelope([with_mrn], version="002"),
+                    lender_of(worker, target_dsn),
+                    settings=settings,
+                )
+            )
+        )
+        thread.start()
+        building = "SELECT pid FROM pg_stat_activity WHERE query LIKE 'CREATE INDEX CONCURRENTLY%%'"
+        deadline = time.monotonic() + 30
+        while not (pids := target_conn.execute(building).fetchall()):
+            assert time.monotonic() < deadline, "the concurrent build was not seen"
+            time.sleep(0.02)
+        target_conn.execute("SELECT pg_terminate_backend(%s, 5000)", [pids[0][0]])
+        snapshot.rollback()
+    thread.join(timeout=60)
+    worker.close()
+    [outcome] = outcomes
+    assert outcome.status == "applied", outcome.response
+    outputs = outcome.response["result"]["primary_outputs"]
+    assert [s["status"] for s in outputs["steps"]] == ["ran"]
+    assert outputs["verification"] == {"ok": True, "differences": []}
+    valid = target_conn.execute(
+        "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s AND c.relname = 'idx_patients_mrn'",
+        [target_schema],
+    ).fetchall()
+    assert valid == [(True,)]
+    metadata = ledger_metadata(target_conn, target_schema, outcome.migration_log_id)
+    assert metadata["verification"]["ok"] is True
+    assert [r[1] for r in ledger_rows(target_conn, target_schema)] == ["success", "success"]
