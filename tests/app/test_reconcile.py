@@ -320,3 +320,57 @@ def test_a_request_killed_in_the_middle_of_its_script_is_recorded_as_interrupted
         [target],
     ).fetchone()[0]
     assert email == 0
+
+
+def test_a_request_killed_while_it_waits_for_the_lock_leaves_nothing_to_settle(
+    target, target_conn, target_dsn, tmp_path
+):
+    from builder.db.apply import advisory_lock_key
+
+    request = tmp_path / "v001.json"
+    request.write_text(json.dumps(envelope([PATIENTS])))
+    env = environment_without_settings()
+    env.update(
+        DATABASE_URL=database_url(),
+        WF106_TARGET_SCHEMA=target,
+        DJANGO_SETTINGS_MODULE="revos_schema.settings",
+        PYTHONPATH=str(PROJECT_ROOT),
+        DEBUG="1",
+    )
+    key = advisory_lock_key(target)
+    with psycopg.connect(target_dsn, autocommit=True) as holder:
+        holder.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", [key])
+        worker = subprocess.Popen(
+            [sys.executable, "manage.py", "schema_apply", str(request)],
+            cwd=PROJECT_ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        waiting = (
+            "SELECT pid FROM pg_stat_activity WHERE wait_event = 'advisory' "
+            "AND query LIKE '%%pg_advisory_xact_lock%%'"
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while not (pids := target_conn.execute(waiting).fetchall()):
+                assert time.monotonic() < deadline and worker.poll() is None
+                time.sleep(0.05)
+        finally:
+            if worker.poll() is None:
+                os.kill(worker.pid, signal.SIGKILL)
+            worker.wait(timeout=30)
+        # Its backend ends once it finds its client gone (here: when the lock is released).
+        holder.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", [key])
+    deadline = time.monotonic() + 30
+    alive = "SELECT count(*) FROM pg_stat_activity WHERE pid = %s"
+    while target_conn.execute(alive, pids[0]).fetchone()[0]:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+    # Nothing ran and nothing is on record; the retry applies it.
+    assert not SchemaSubmission.objects.exists()
+    tables = "SELECT count(*) FROM pg_tables WHERE schemaname = %s AND tablename = 'patients'"
+    assert target_conn.execute(tables, [target]).fetchone()[0] == 0
+    assert json.loads(run("schema_apply", str(request)))["result"]["status"] == "applied"
+    assert [(r[1], r[2]) for r in ledger_rows(target_conn, target)] == [("001", "success")]
