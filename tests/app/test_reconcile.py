@@ -55,6 +55,28 @@ def run(*args: str) -> str:
     return out.getvalue()
 
 
+def start_schema_apply(
+    request: Path, target: str, log: Path | None = None, **environment: str
+) -> subprocess.Popen:
+    """Start `manage.py schema_apply REQUEST` in a process of its own, on the test databases."""
+    env = environment_without_settings()
+    env.update(
+        DATABASE_URL=database_url(),
+        WF106_TARGET_SCHEMA=target,
+        DJANGO_SETTINGS_MODULE="revos_schema.settings",
+        PYTHONPATH=str(PROJECT_ROOT),
+        DEBUG="1",
+    )
+    env.update(environment)
+    return subprocess.Popen(
+        [sys.executable, "manage.py", "schema_apply", str(request)],
+        cwd=PROJECT_ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL if log is None else log.open("w"),
+    )
+
+
 APP_CONNECTION = "revos-app-under-test"
 
 
@@ -81,15 +103,6 @@ def killed_after_commit(
     )
     request = tmp_path / "v002.json"
     request.write_text(json.dumps(envelope([WITH_MRN_INDEX], version="002")))
-    env = environment_without_settings()
-    env.update(
-        # The app's connections are named, to be told from the target's (the same database).
-        DATABASE_URL=f"{database_url()}?application_name={APP_CONNECTION}",
-        WF106_TARGET_SCHEMA=target,
-        DJANGO_SETTINGS_MODULE="revos_schema.settings",
-        PYTHONPATH=str(PROJECT_ROOT),
-        DEBUG="1",
-    )
     with psycopg.connect(target_dsn) as open_writer:
         open_writer.execute(
             sql.SQL(
@@ -97,12 +110,12 @@ def killed_after_commit(
             ).format(sql.Identifier(target, "patients")),
             [TENANT],
         )
-        worker = subprocess.Popen(
-            [sys.executable, "manage.py", "schema_apply", str(request)],
-            cwd=PROJECT_ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=(tmp_path / "worker.log").open("w"),
+        # The app's connections are named, to be told from the target's (the same database).
+        worker = start_schema_apply(
+            request,
+            target,
+            tmp_path / "worker.log",
+            DATABASE_URL=f"{database_url()}?application_name={APP_CONNECTION}",
         )
         try:
             reached = wait_for_concurrent_build(target_conn, target, worker)
@@ -258,15 +271,6 @@ def test_a_request_killed_in_the_middle_of_its_script_is_recorded_as_interrupted
     with_email = {**PATIENTS, "columns": [*PATIENTS["columns"], {"name": "email", "type": "TEXT"}]}
     request = tmp_path / "v002.json"
     request.write_text(json.dumps(envelope([with_email], version="002")))
-    env = environment_without_settings()
-    env.update(
-        DATABASE_URL=database_url(),
-        WF106_TARGET_SCHEMA=target,
-        WF106_LOCK_TIMEOUT_MS="60000",  # it waits for the lock until it is killed
-        DJANGO_SETTINGS_MODULE="revos_schema.settings",
-        PYTHONPATH=str(PROJECT_ROOT),
-        DEBUG="1",
-    )
     in_script = "SELECT pid FROM pg_stat_activity WHERE query LIKE %s AND wait_event_type = 'Lock'"
     alter = f'%ALTER TABLE "{target}"."patients" ADD COLUMN IF NOT EXISTS "email"%'
     with psycopg.connect(target_dsn) as open_writer:
@@ -277,13 +281,8 @@ def test_a_request_killed_in_the_middle_of_its_script_is_recorded_as_interrupted
             ).format(sql.Identifier(target, "patients")),
             [TENANT],
         )
-        worker = subprocess.Popen(
-            [sys.executable, "manage.py", "schema_apply", str(request)],
-            cwd=PROJECT_ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        # It waits for the lock until it is killed.
+        worker = start_schema_apply(request, target, WF106_LOCK_TIMEOUT_MS="60000")
         try:
             deadline = time.monotonic() + 60
             while not target_conn.execute(in_script, [alter]).fetchall():
@@ -329,24 +328,10 @@ def test_a_request_killed_while_it_waits_for_the_lock_leaves_nothing_to_settle(
 
     request = tmp_path / "v001.json"
     request.write_text(json.dumps(envelope([PATIENTS])))
-    env = environment_without_settings()
-    env.update(
-        DATABASE_URL=database_url(),
-        WF106_TARGET_SCHEMA=target,
-        DJANGO_SETTINGS_MODULE="revos_schema.settings",
-        PYTHONPATH=str(PROJECT_ROOT),
-        DEBUG="1",
-    )
     key = advisory_lock_key(target)
     with psycopg.connect(target_dsn, autocommit=True) as holder:
         holder.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", [key])
-        worker = subprocess.Popen(
-            [sys.executable, "manage.py", "schema_apply", str(request)],
-            cwd=PROJECT_ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        worker = start_schema_apply(request, target)
         waiting = (
             "SELECT pid FROM pg_stat_activity WHERE wait_event = 'advisory' "
             "AND query LIKE '%%pg_advisory_xact_lock%%'"
