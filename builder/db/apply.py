@@ -274,14 +274,14 @@ def _apply_locked(
     tenant_tables = [t.name for t in schema.tables if t.tenant_scoped]
     existing = [name for name in plan.existing_tables if name in tenant_tables]
     gaps = catalog.tenant_isolation_gaps(conn, target, tenant_tables) if existing else []
-    created_tables, created_indexes = _created(schema, plan)
+    created = _created(schema, plan)
     row = _ledger_row(
         attempt,
         plan,
         LedgerStatus.REAPPLIED if existing_row is not None else LedgerStatus.SUCCESS,
         execution_ms=_elapsed_ms(script_started),
-        tables_created=created_tables,
-        indexes_created=created_indexes,
+        tables_created=created[0],
+        indexes_created=created[1],
     )
     ledger_id, applied_at = ledger.insert_row(conn, target, row)
     inserted.append(ledger_id)
@@ -290,19 +290,58 @@ def _apply_locked(
             hooks.before_commit(plan, ledger_id)
         except Exception as exc:
             raise _CallerError() from exc
+    return _applied(
+        attempt,
+        plan,
+        created,
+        ledger.LedgerRow(ledger_id, schema.version, attempt.schema_hash, row.status, applied_at),
+        isolation_gaps=tuple(gaps),
+        verdict=verdict,
+    )
+
+
+def _applied(
+    attempt: Attempt,
+    plan: Plan,
+    created: tuple[tuple[str, ...], tuple[str, ...]],
+    row: ledger.LedgerRow,
+    *,
+    isolation_gaps: tuple[str, ...] = (),
+    verdict: Verdict | None = None,
+) -> ApplyResult:
+    """The result of an apply whose transaction committed with ledger row `row`."""
     return ApplyResult(
         status=Status.APPLIED,
-        ledger_id=ledger_id,
-        applied_at=applied_at,
+        ledger_id=row.id,
+        applied_at=row.applied_at,
         applied_schema_hash=attempt.schema_hash,
-        tables_created=created_tables,
-        indexes_created=created_indexes,
+        tables_created=created[0],
+        indexes_created=created[1],
         existing_tables=plan.existing_tables,
-        isolation_gaps=tuple(gaps),
-        reapplied=existing_row is not None,
+        isolation_gaps=isolation_gaps,
+        reapplied=row.status == LedgerStatus.REAPPLIED,
         plan=plan,
         verdict=verdict,
     )
+
+
+def _on_new_connection(
+    reconnect: Reconnect, work: Callable[[psycopg.Connection[Any]], ApplyResult | None]
+) -> ApplyResult | None:
+    """Run `work` on a new connection until it gives a result, a few times over a few seconds.
+
+    None if the target could not be reached again, or `work` never gave a result.
+    """
+    for delay in RECONNECT_DELAYS_S:
+        time.sleep(delay)
+        try:
+            with reconnect() as fresh:
+                result = work(fresh)
+        except psycopg.Error:
+            continue  # not reachable yet (a pool timeout is an OperationalError too)
+        if result is not None:
+            return result
+    return None
 
 
 def _created(schema: Schema, plan: Plan) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -349,44 +388,26 @@ def _settle_broken(
     planned = broken.planned
     plan = planned[0] if planned else None
     pending = broken.inserted[0] if broken.inserted else None
-    for delay in RECONNECT_DELAYS_S:
-        time.sleep(delay)
-        try:
-            with reconnect() as fresh:
-                found = None
-                if pending is not None:
-                    _end_backend(fresh, broken.backend_pid)
-                    found = ledger.find_row(fresh, settings.target_schema, pending)
-                if found is not None and plan is not None:
-                    tables, indexes = _created(attempt.schema, plan)
-                    committed = ApplyResult(
-                        status=Status.APPLIED,
-                        ledger_id=found.id,
-                        applied_at=found.applied_at,
-                        applied_schema_hash=found.schema_hash,
-                        tables_created=tables,
-                        indexes_created=indexes,
-                        existing_tables=plan.existing_tables,
-                        reapplied=found.status == LedgerStatus.REAPPLIED,
-                        plan=plan,
-                    )
-                    result = _after_commit(fresh, attempt, settings, committed)
-                    return replace(result, db_ms=_elapsed_ms(started))
-                note = f"{error}\n(the connection to the target broke; recorded on a new one)"
-                ledger_id, applied_at = _record_failure(
-                    fresh, attempt, planned, settings, note, started
-                )
-                if ledger_id is not None:
-                    return ApplyResult(
-                        status=Status.FAILED,
-                        ledger_id=ledger_id,
-                        applied_at=applied_at,
-                        error=error,
-                        db_ms=_elapsed_ms(started),
-                        plan=plan,
-                    )
-        except psycopg.Error:
-            continue  # not reachable yet (a pool timeout is an OperationalError too)
+
+    def settle(fresh: psycopg.Connection[Any]) -> ApplyResult | None:
+        found = None
+        if pending is not None:
+            _end_backend(fresh, broken.backend_pid)
+            found = ledger.find_row(fresh, settings.target_schema, pending)
+        if found is not None and plan is not None:
+            committed = _applied(attempt, plan, _created(attempt.schema, plan), found)
+            return _after_commit(fresh, attempt, settings, committed)
+        note = f"{error}\n(the connection to the target broke; recorded on a new one)"
+        ledger_id, applied_at = _record_failure(fresh, attempt, planned, settings, note, started)
+        if ledger_id is None:
+            return None
+        return ApplyResult(
+            status=Status.FAILED, ledger_id=ledger_id, applied_at=applied_at, error=error, plan=plan
+        )
+
+    settled = _on_new_connection(reconnect, settle)
+    if settled is not None:
+        return replace(settled, db_ms=_elapsed_ms(started))
     return ApplyResult(
         status=Status.FAILED,
         ledger_id=pending,
@@ -417,15 +438,14 @@ def _after_commit_anywhere(
         if not (conn.closed or conn.broken):
             raise
         lost = describe_error(exc)
-    for delay in RECONNECT_DELAYS_S if reconnect is not None else ():
-        time.sleep(delay)
-        try:
-            assert reconnect is not None
-            with reconnect() as fresh:
-                _drop_invalid_indexes(fresh, settings.target_schema, result.plan)
-                return _after_commit(fresh, attempt, settings, result)
-        except psycopg.Error:
-            continue
+
+    def again(fresh: psycopg.Connection[Any]) -> ApplyResult:
+        _drop_invalid_indexes(fresh, settings.target_schema, result.plan)
+        return _after_commit(fresh, attempt, settings, result)
+
+    finished = None if reconnect is None else _on_new_connection(reconnect, again)
+    if finished is not None:
+        return finished
     return replace(
         result,
         error=(
