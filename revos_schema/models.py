@@ -123,6 +123,15 @@ class SchemaSubmission(models.Model):
             ("submit_schema", "Can submit schemas through the webhook"),
             ("approve_schema", "Can approve or reject pending schema migrations"),
         )
+        indexes = (
+            # Every applied or noop request looks for unsettled tries of itself
+            # (`reconcile.settle_committed`): few rows are `received`, so this stays small.
+            models.Index(
+                fields=["idempotency_key"],
+                condition=models.Q(status="received"),
+                name="submission_received_key",
+            ),
+        )
 
     def __str__(self) -> str:
         version = self.schema_version or "(no version)"
