@@ -11,7 +11,6 @@ from __future__ import annotations
 import http.client
 import os
 import runpy
-import subprocess
 import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -26,6 +25,7 @@ from tests.app.test_api_concurrency import (
     Server,
     database_url,
     free_port,
+    serve,
 )
 
 CONFIG_FILE = PROJECT_ROOT / "gunicorn.conf.py"
@@ -61,23 +61,8 @@ def recommended_gunicorn(tmp_path: Path, *options: str, **environment: str) -> I
     command += ["--bind", f"127.0.0.1:{port}", *options]
     # gunicorn 27 opens a control socket at a fixed path shared by every instance.
     command += ["--no-control-socket", "revos_schema.wsgi"]
-    log = tmp_path / "gunicorn.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            command,
-            cwd=PROJECT_ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group: stopped with its workers only
-        )
-    server = Server(process, port, log)
-    try:
-        server.wait_ready()
+    with serve(command, env, port, tmp_path / "gunicorn.log") as server:
         yield server
-    finally:
-        server.stop()
 
 
 def post_chunked(

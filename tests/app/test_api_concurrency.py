@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -151,7 +152,13 @@ def server(target_schema: str, tmp_path: Path) -> Iterator[Server]:
         "--no-control-socket",
         "revos_schema.wsgi:application",
     ]
-    log = tmp_path / "gunicorn.log"
+    with serve(command, env, port, tmp_path / "gunicorn.log") as running:
+        yield running
+
+
+@contextmanager
+def serve(command: list[str], env: dict[str, str], port: int, log: Path) -> Iterator[Server]:
+    """Start the server `command` (listening on `port`), wait until it answers, stop it after."""
     with log.open("wb") as out:
         process = subprocess.Popen(
             command,
@@ -160,7 +167,7 @@ def server(target_schema: str, tmp_path: Path) -> Iterator[Server]:
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
-            start_new_session=True,
+            start_new_session=True,  # its own process group: stopped with its workers only
         )
     running = Server(process, port, log)
     try:

@@ -49,6 +49,15 @@ def ledger_rows(conn: psycopg.Connection, target: str) -> list[tuple[Any, ...]]:
     ).fetchall()
 
 
+def add_patient(conn: psycopg.Connection, target: str) -> None:
+    conn.execute(
+        sql.SQL("INSERT INTO {} (tenant_id, first_name, last_name) VALUES (%s, 'a', 'b')").format(
+            sql.Identifier(target, "patients")
+        ),
+        [TENANT],
+    )
+
+
 def run(*args: str) -> str:
     out = io.StringIO()
     call_command(*args, stdout=out)
@@ -95,21 +104,11 @@ def killed_after_commit(
         run_schema_builder(envelope([PATIENTS]), target_conn, settings=ApplySettings(target)).status
         == "applied"
     )
-    target_conn.execute(
-        sql.SQL("INSERT INTO {} (tenant_id, first_name, last_name) VALUES (%s, 'a', 'b')").format(
-            sql.Identifier(target, "patients")
-        ),
-        [TENANT],
-    )
+    add_patient(target_conn, target)
     request = tmp_path / "v002.json"
     request.write_text(json.dumps(envelope([WITH_MRN_INDEX], version="002")))
     with psycopg.connect(target_dsn) as open_writer:
-        open_writer.execute(
-            sql.SQL(
-                "INSERT INTO {} (tenant_id, first_name, last_name) VALUES (%s, 'c', 'd')"
-            ).format(sql.Identifier(target, "patients")),
-            [TENANT],
-        )
+        add_patient(open_writer, target)
         # The app's connections are named, to be told from the target's (the same database).
         worker = start_schema_apply(
             request,
@@ -275,12 +274,7 @@ def test_a_request_killed_in_the_middle_of_its_script_is_recorded_as_interrupted
     alter = f'%ALTER TABLE "{target}"."patients" ADD COLUMN IF NOT EXISTS "email"%'
     with psycopg.connect(target_dsn) as open_writer:
         # A transaction on the table: the script's ALTER TABLE waits for it.
-        open_writer.execute(
-            sql.SQL(
-                "INSERT INTO {} (tenant_id, first_name, last_name) VALUES (%s, 'a', 'b')"
-            ).format(sql.Identifier(target, "patients")),
-            [TENANT],
-        )
+        add_patient(open_writer, target)
         # It waits for the lock until it is killed.
         worker = start_schema_apply(request, target, WF106_LOCK_TIMEOUT_MS="60000")
         try:

@@ -68,6 +68,16 @@ def ledger_metadata(conn: psycopg.Connection, schema: str, row_id: Any) -> dict[
     ).fetchone()[0]
 
 
+def index_validity(conn: psycopg.Connection, schema: str, name: str) -> list[bool]:
+    """Whether each index `name` of `schema` is valid (an empty list: there is none)."""
+    rows = conn.execute(
+        "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s",
+        [schema, name],
+    ).fetchall()
+    return [row[0] for row in rows]
+
+
 def test_apply_then_noop_then_conflict(target_conn, target_schema):
     settings = settings_for(target_schema)
     first = run_schema_builder(envelope([PATIENTS]), target_conn, settings=settings)
@@ -664,13 +674,7 @@ def test_a_connection_broken_after_commit_finishes_the_steps_on_a_fresh_one(
     outputs = outcome.response["result"]["primary_outputs"]
     assert [s["status"] for s in outputs["steps"]] == ["ran"]
     assert outputs["verification"] == {"ok": True, "differences": []}
-    valid = target_conn.execute(
-        "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
-        "JOIN pg_namespace n ON n.oid = c.relnamespace "
-        "WHERE n.nspname = %s AND c.relname = 'idx_patients_mrn'",
-        [target_schema],
-    ).fetchall()
-    assert valid == [(True,)]
+    assert index_validity(target_conn, target_schema, "idx_patients_mrn") == [True]
     metadata = ledger_metadata(target_conn, target_schema, outcome.migration_log_id)
     assert metadata["verification"]["ok"] is True
     assert [r[1] for r in ledger_rows(target_conn, target_schema)] == ["success", "success"]

@@ -14,6 +14,7 @@ from psycopg import sql
 from builder.db.apply import ApplySettings
 from builder.evolve.verify import verify_database
 from builder.pipeline import plan_against, prepare, run_schema_builder
+from tests.builder.db.test_apply_pg import index_validity
 from tests.builder.helpers import PATIENTS, envelope, load_fixture
 
 TENANT = "00000000-0000-0000-0000-00000000000a"
@@ -317,13 +318,7 @@ def test_an_index_on_a_table_with_rows_is_built_while_another_connection_writes(
     [step] = outputs["steps"]
     assert step["status"] == "ran" and step["sql"].startswith("CREATE INDEX CONCURRENTLY")
     assert outputs["verification"]["ok"] is True
-    valid = target_conn.execute(
-        "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
-        "JOIN pg_namespace n ON n.oid = c.relnamespace "
-        "WHERE n.nspname = %s AND c.relname = 'idx_patients_mrn'",
-        [target_schema],
-    ).fetchall()
-    assert valid == [(True,)]
+    assert index_validity(target_conn, target_schema, "idx_patients_mrn") == [True]
     assert len(rows_of(target_conn, target_schema, "patients")) == 7
 
 
