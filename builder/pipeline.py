@@ -256,10 +256,11 @@ def run_schema_builder(
     (`pending_approval`: always when `hold` is true, as for an operator's draft), or blocked.
     With `conn` None, a `dry_run` or a held request is planned against an empty database.
     `emit` receives the events of the answer (`schema_migration_applied`,
-    `schema_migration_pending_approval`). `before_commit` is called once, with the prepared
-    request (its schema and the plan's SQL), after the plan ran and before the target commits
-    (see `builder.db.apply.apply_attempt`); never for blocked, preview, held, noop and
-    conflict answers. `before_script` is called likewise just before the plan's statements run.
+    `schema_migration_failed` for a failure on the ledger, `schema_migration_pending_approval`).
+    `before_commit` is called once, with the prepared request (its schema and the plan's SQL),
+    after the plan ran and before the target commits (see `builder.db.apply.apply_attempt`);
+    never for blocked, preview, held, noop and conflict answers. `before_script` is called
+    likewise just before the plan's statements run.
     `account` is the authenticated account that sent the request, recorded as
     the ledger's `applied_by` (the caller's `context.actor_id` is kept beside it as claimed).
     """
@@ -397,8 +398,10 @@ def apply_prepared(
         assert result.plan is not None and result.verdict is not None
         return _gate_blocked(prepared, result.plan, result.verdict, started)
     warnings = _warnings(result, approved=approved_checksum is not None)
-    if result.status == Status.APPLIED and emit is not None:
+    if emit is not None and result.status == Status.APPLIED:
         warnings.extend(_emit(emit, _event("schema_migration_applied", prepared, result)))
+    elif emit is not None and result.status == Status.FAILED and not result.unrecorded:
+        warnings.extend(_emit(emit, _event("schema_migration_failed", prepared, result)))
     return _finished(prepared, result, warnings, started)
 
 
@@ -727,12 +730,16 @@ def _event(
         "schema_hash": prepared.schema_hash,
         "table_count": len(prepared.schema.tables),
     }
-    if result is not None:
-        event["migration_log_id"] = result.ledger_id
-        event["reapplied"] = result.reapplied
-        event["occurred_at"] = _iso(result.applied_at)
-    else:
+    if result is None:
+        event["migration_log_id"] = None
         event["occurred_at"] = _iso(datetime.now(UTC))
+        return event
+    event["migration_log_id"] = result.ledger_id
+    event["occurred_at"] = _iso(result.applied_at or datetime.now(UTC))
+    if result.status == Status.FAILED:
+        event["error"] = result.error
+    else:
+        event["reapplied"] = result.reapplied
     return event
 
 

@@ -27,9 +27,9 @@ from django.utils import timezone
 
 from builder.pipeline import Outcome, Prepared, apply_prepared, plan_against
 from builder.request.body import sha256_prefixed
-from builder.request.envelope import WORKFLOW_NAME, output_envelope, parse_envelope
+from builder.request.envelope import output_envelope, parse_envelope
 from builder.status import Status
-from revos_schema import services
+from revos_schema import events, services
 from revos_schema.models import Decision, SchemaEvent, SchemaSubmission
 
 APPROVE_PERMISSION = "revos_schema.approve_schema"
@@ -98,7 +98,7 @@ def approve(submission_id: Any, *, user: Any, reason: str = "") -> tuple[Outcome
         _decide(submission, Decision.APPROVED, user, reason)
         submission.status = SchemaSubmission.Status.RECEIVED
         submission.save(update_fields=[*_DECISION_FIELDS, "status"])
-        _record_event(submission, "schema_migration_approved")
+        approved = _record_event(submission, "schema_migration_approved")
     events: list[dict[str, Any]] = []
     try:
         with services.target_connection() as conn:
@@ -116,10 +116,10 @@ def approve(submission_id: Any, *, user: Any, reason: str = "") -> tuple[Outcome
         raise
     outcome = _with_decision(outcome, submission)
     try:
-        services.store_outcome(submission, outcome, events)
+        recorded = services.store_outcome(submission, outcome, events)
     except Exception as exc:
         raise services.OutcomeNotStored(outcome) from exc
-    return outcome, submission
+    return services.with_deliveries(outcome, submission, [approved, *recorded]), submission
 
 
 def reject(submission_id: Any, *, user: Any, reason: str) -> SchemaSubmission:
@@ -147,7 +147,8 @@ def reject(submission_id: Any, *, user: Any, reason: str) -> SchemaSubmission:
         )
         submission.response = response
         submission.save(update_fields=[*_DECISION_FIELDS, *services.OUTCOME_FIELDS])
-        _record_event(submission, "schema_migration_rejected")
+        rejected = _record_event(submission, "schema_migration_rejected")
+    services.deliveries_noted(submission, submission.response, [rejected])
     return submission
 
 
@@ -193,20 +194,8 @@ def _decide(submission: SchemaSubmission, action: str, user: Any, reason: str) -
     submission.decision_reason = reason
 
 
-def _record_event(submission: SchemaSubmission, event_type: str) -> None:
-    SchemaEvent.objects.create(
-        event_type=event_type,
-        submission=submission,
-        payload={
-            "event_type": event_type,
-            "workflow_name": WORKFLOW_NAME,
-            "tenant_id": submission.tenant_id,
-            "schema_version": submission.schema_version,
-            "schema_hash": submission.schema_hash,
-            "submission_id": str(submission.pk),
-            "decision": decision_of(submission),
-        },
-    )
+def _record_event(submission: SchemaSubmission, event_type: str) -> SchemaEvent:
+    return events.record(submission, event_type, decision=decision_of(submission))
 
 
 def _with_decision(outcome: Outcome, submission: SchemaSubmission) -> Outcome:

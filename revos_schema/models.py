@@ -10,11 +10,13 @@ create or change that table.
 from __future__ import annotations
 
 import hashlib
+import json
 import uuid
 from typing import Any
 
 from django.conf import settings
 from django.db import connections, models, router
+from django.utils import timezone
 
 from builder.status import LedgerStatus, Status
 
@@ -149,7 +151,17 @@ class SchemaSubmission(models.Model):
 
 
 class SchemaEvent(models.Model):
-    """An event emitted to the WF11 event log, e.g. `schema_migration_applied`."""
+    """An event for WF11 (and any other subscriber), e.g. `schema_migration_applied`.
+
+    Written in the same transaction as the outcome it tells of (the outbox), then delivered by
+    `revos_schema.delivery`: once right after that commit, and by `manage.py deliver_events`
+    until the receiver takes it or `WF11_MAX_ATTEMPTS` attempts have failed (`dead`).
+    """
+
+    class Delivery(models.TextChoices):
+        PENDING = "pending", "Pending"
+        DELIVERED = "delivered", "Delivered"
+        DEAD = "dead", "Dead"
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
@@ -163,13 +175,87 @@ class SchemaEvent(models.Model):
         related_name="events",
     )
     payload = models.JSONField(default=dict, blank=True)
+    delivery_status = models.CharField(
+        max_length=16, choices=Delivery.choices, default=Delivery.PENDING
+    )
+    attempts = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(
+        default=timezone.now, help_text="When a pending event is due for its next attempt."
+    )
+    delivered_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True, default="")
 
     class Meta:
         ordering = ("-created_at",)
         verbose_name = "schema event"
+        permissions = (("resend_schemaevent", "Can re-send events and resume their delivery"),)
+        indexes = (
+            # The backlog that deliver_events works through, oldest due first.
+            models.Index(
+                fields=("next_attempt_at", "created_at"),
+                condition=models.Q(delivery_status="pending"),
+                name="event_pending_due",
+            ),
+        )
 
     def __str__(self) -> str:
         return f"{self.event_type} ({self.created_at:%Y-%m-%d %H:%M})"
+
+    @property
+    def webhook_id(self) -> str:
+        """The `webhook-id` of every delivery of this event, retries included."""
+        return f"msg_{self.pk.hex}"
+
+    def body(self) -> bytes:
+        """The JSON body every delivery of this event sends (and signs), byte for byte."""
+        return json.dumps(self.payload, sort_keys=True, separators=(",", ":")).encode()
+
+
+class EventDelivery(models.Model):
+    """One attempt to deliver an event: to which URL, by whom, and what the receiver answered."""
+
+    class Trigger(models.TextChoices):
+        REQUEST = "request", "Right after the outcome"
+        WORKER = "worker", "deliver_events"
+        OPERATOR = "operator", "Re-sent by an operator"
+
+    event = models.ForeignKey(SchemaEvent, on_delete=models.CASCADE, related_name="deliveries")
+    attempted_at = models.DateTimeField(default=timezone.now, db_index=True)
+    url = models.CharField(max_length=2000)
+    trigger = models.CharField(max_length=16, choices=Trigger.choices)
+    status_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    error = models.TextField(blank=True, default="")
+    duration_ms = models.PositiveIntegerField(default=0)
+    delivered = models.BooleanField(default=False)
+
+    class Meta:
+        ordering = ("-attempted_at",)
+        verbose_name = "event delivery attempt"
+
+    def __str__(self) -> str:
+        answer = self.status_code or self.error or "no answer"
+        return f"{self.attempted_at:%Y-%m-%d %H:%M:%S} {answer}"
+
+
+class EventReceiver(models.Model):
+    """What is known of a receiver URL: whether it answered 410 Gone, and since when it fails.
+
+    A receiver that answered 410 Gone gets nothing more until an operator resumes delivery to
+    it (its events wait, pending). One that is failing gets no attempt during requests: the
+    events wait for `deliver_events`, so an outage never slows the webhook down.
+    """
+
+    url = models.CharField(max_length=2000, unique=True)
+    stopped_at = models.DateTimeField(null=True, blank=True)
+    stopped_reason = models.TextField(blank=True, default="")
+    failing_since = models.DateTimeField(null=True, blank=True)
+    last_delivered_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name = "event receiver"
+
+    def __str__(self) -> str:
+        return self.url
 
 
 class MigrationLedgerEntry(models.Model):

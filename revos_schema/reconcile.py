@@ -29,9 +29,9 @@ from django.db import transaction
 from django.utils import timezone
 
 from builder.db import ledger
-from builder.request.envelope import WORKFLOW_NAME, output_envelope, parse_envelope
+from builder.request.envelope import output_envelope, parse_envelope
 from builder.status import LedgerStatus, Status
-from revos_schema import services
+from revos_schema import events, services
 from revos_schema.models import SchemaEvent, SchemaSubmission
 
 INTERRUPTED = "interrupted"
@@ -134,10 +134,11 @@ def _settle_applied(submission: SchemaSubmission, row: ledger.LedgerRow) -> None
     if not SchemaEvent.objects.filter(
         submission=submission, event_type="schema_migration_applied"
     ).exists():
-        SchemaEvent.objects.create(
-            submission=submission,
-            event_type="schema_migration_applied",
-            payload=_event(submission, row),
+        events.record(
+            submission,
+            "schema_migration_applied",
+            occurred_at=row.applied_at,
+            reapplied=row.status == LedgerStatus.REAPPLIED,
         )
 
 
@@ -165,6 +166,7 @@ def _settle_failed(
         else [{"table": ledger.LEDGER_TABLE, "record_id": row_id, "status": "failed"}],
     )
     submission.save(update_fields=services.OUTCOME_FIELDS)
+    events.record(submission, "schema_migration_failed", error=error)
 
 
 def _record_failed_row(
@@ -217,20 +219,3 @@ def _envelope(
         result_extra={} if error is None else {"error": error},
         data_written=data_written,
     )
-
-
-def _event(submission: SchemaSubmission, row: ledger.LedgerRow) -> dict[str, Any]:
-    envelope = parse_envelope(submission.envelope)
-    schema = submission.normalized_schema or {}
-    return {
-        "event_type": "schema_migration_applied",
-        "workflow_name": WORKFLOW_NAME,
-        "workflow_run_id": envelope.workflow_run_id,
-        "tenant_id": envelope.tenant_id,
-        "schema_version": submission.schema_version,
-        "schema_hash": submission.schema_hash,
-        "table_count": len(schema.get("tables", [])),
-        "migration_log_id": row.id,
-        "reapplied": row.status == LedgerStatus.REAPPLIED,
-        "occurred_at": row.applied_at.isoformat(),
-    }

@@ -13,6 +13,7 @@ import math
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
+from dataclasses import replace
 from typing import Any
 
 import psycopg
@@ -27,6 +28,8 @@ from builder.errors import ValidationIssue
 from builder.pipeline import Outcome, Prepared, Rejected, prepare, run_schema_builder
 from builder.schema.limits import Limits
 from builder.status import Status
+from revos_schema import delivery
+from revos_schema import events as recording
 from revos_schema.models import SchemaEvent, SchemaPlan, SchemaSubmission
 
 
@@ -201,9 +204,10 @@ def submit_envelope(
         store_unavailable(submission, exc)
         raise
     try:
-        store_outcome(submission, outcome, events)
+        recorded = store_outcome(submission, outcome, events)
     except Exception as exc:
         raise OutcomeNotStored(outcome) from exc
+    outcome = with_deliveries(outcome, submission, recorded)
     if outcome.status in (Status.APPLIED, Status.NOOP) and outcome.idempotency_key:
         # The same request again: an earlier try interrupted after its COMMIT is settled now.
         from revos_schema import reconcile
@@ -292,8 +296,8 @@ def _set_plan(submission: SchemaSubmission, planned: Prepared | Outcome) -> None
 
 def store_outcome(
     submission: SchemaSubmission, outcome: Outcome, events: list[dict[str, Any]]
-) -> None:
-    """Store the outcome and its events in one transaction.
+) -> list[SchemaEvent]:
+    """Store the outcome and its events in one transaction; return the events recorded.
 
     A submission stored as `received` is updated (DatabaseError if its row is gone) unless it
     was settled in between (by a retry of the same request, or a reconciliation): then nothing
@@ -313,16 +317,33 @@ def store_outcome(
             _set_plan(submission, outcome)
             submission.save(force_insert=True)
         elif not _update_received(submission):
-            return
-        if events:
-            SchemaEvent.objects.bulk_create(
-                [
-                    SchemaEvent(
-                        event_type=event["event_type"], submission=submission, payload=event
-                    )
-                    for event in events
-                ]
-            )
+            return []
+        return recording.record_emitted(submission, events) if events else []
+
+
+def with_deliveries(
+    outcome: Outcome, submission: SchemaSubmission, recorded: list[SchemaEvent]
+) -> Outcome:
+    """Deliver the events just recorded; the outcome's answer lists the attempts made.
+
+    The stored answer is updated to match, so that it stays the answer that was given.
+    """
+    response = deliveries_noted(submission, outcome.response, recorded)
+    return outcome if response is outcome.response else replace(outcome, response=response)
+
+
+def deliveries_noted(
+    submission: SchemaSubmission, response: dict[str, Any], recorded: list[SchemaEvent]
+) -> dict[str, Any]:
+    """Attempt the delivery of `recorded`; return `response` with the attempts made in it."""
+    calls = delivery.deliver_now(recorded)
+    if not calls:
+        return response
+    audit = response["audit"]
+    response = {**response, "audit": {**audit, "external_calls": audit["external_calls"] + calls}}
+    submission.response = response
+    SchemaSubmission.objects.filter(pk=submission.pk).update(response=response)
+    return response
 
 
 def _update_received(submission: SchemaSubmission) -> bool:

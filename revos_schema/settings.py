@@ -7,6 +7,7 @@ Environment:
 - WF106_TARGET_SCHEMA: the PostgreSQL schema inside the target that tables are created in.
 - WF106_LOCK_TIMEOUT_MS / WF106_STATEMENT_TIMEOUT_MS: timeouts of one apply transaction.
 - WF106_MAX_* and WF106_MAX_LOCK_SHARE: how much one schema version may describe and lock.
+- WF11_WEBHOOK_URL / WF11_WEBHOOK_SECRET and WF11_*: where events are delivered, and how.
 - SECRET_KEY, DEBUG, ALLOWED_HOSTS.
 """
 
@@ -15,10 +16,11 @@ from __future__ import annotations
 import re
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import unquote, urlsplit
 
 import environ
 from django.core.exceptions import ImproperlyConfigured
+from standardwebhooks.webhooks import EmptyWebhookSecretError, Webhook
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -176,6 +178,36 @@ if min(_LIMITS) < 1:
 WF106_MAX_LOCK_SHARE = env.float("WF106_MAX_LOCK_SHARE", default=0.3)
 if not 0 < WF106_MAX_LOCK_SHARE <= 1:
     raise ImproperlyConfigured("WF106_MAX_LOCK_SHARE must be a number above 0 and at most 1.")
+
+# WF11 events (revos_schema.delivery): where they are sent, signed with the Standard Webhooks
+# secret (`whsec_<base64>`). Without a URL, events are kept, shown as not delivered.
+WF11_WEBHOOK_URL = env.str("WF11_WEBHOOK_URL", default="")
+WF11_WEBHOOK_SECRET = env.str("WF11_WEBHOOK_SECRET", default="")
+if WF11_WEBHOOK_URL:
+    _receiver = urlsplit(WF11_WEBHOOK_URL)
+    if _receiver.scheme not in ("http", "https") or not _receiver.hostname:
+        raise ImproperlyConfigured("WF11_WEBHOOK_URL must be an http:// or https:// URL.")
+    try:
+        if not WF11_WEBHOOK_SECRET.startswith("whsec_"):
+            raise ValueError("no whsec_ prefix")
+        Webhook(WF11_WEBHOOK_SECRET)
+    except (ValueError, EmptyWebhookSecretError) as exc:
+        raise ImproperlyConfigured(
+            "WF11_WEBHOOK_URL needs WF11_WEBHOOK_SECRET, a secret of the form whsec_<base64>."
+        ) from exc
+# Connect and read timeout of the attempt made during a request (it delays that answer at most
+# about twice this), and of deliver_events' attempts.
+WF11_REQUEST_TIMEOUT_S = env.float("WF11_REQUEST_TIMEOUT_S", default=2.0)
+WF11_WORKER_TIMEOUT_S = env.float("WF11_WORKER_TIMEOUT_S", default=10.0)
+# Failed attempts are retried after WF11_RETRY_BASE_S, then twice as long each time, up to
+# WF11_RETRY_MAX_S; after WF11_MAX_ATTEMPTS attempts the event is dead (an operator may re-send).
+WF11_MAX_ATTEMPTS = env.int("WF11_MAX_ATTEMPTS", default=12)
+WF11_RETRY_BASE_S = env.float("WF11_RETRY_BASE_S", default=30.0)
+WF11_RETRY_MAX_S = env.float("WF11_RETRY_MAX_S", default=3_600.0)
+if min(WF11_REQUEST_TIMEOUT_S, WF11_WORKER_TIMEOUT_S, WF11_MAX_ATTEMPTS) <= 0:
+    raise ImproperlyConfigured("The WF11 timeouts and WF11_MAX_ATTEMPTS must be positive.")
+if not 0 <= WF11_RETRY_BASE_S <= WF11_RETRY_MAX_S:
+    raise ImproperlyConfigured("WF11_RETRY_BASE_S must be at least 0 and at most WF11_RETRY_MAX_S.")
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

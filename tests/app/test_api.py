@@ -295,7 +295,7 @@ def test_failed_is_500_rolled_back_recorded_and_without_internals(client, target
         )
     ).fetchall()
     assert statuses == [("001", "success"), ("002", "failed")]
-    # Stored as `received` while its script ran, then updated with the outcome (no event).
+    # Stored as `received` while its script ran, then updated with the outcome and its event.
     stored = SchemaSubmission.objects.get(pk=data["result"]["submission_id"])
     assert (stored.status, stored.http_status) == ("failed", 500)
     assert stored.error_message.startswith("22P02")
@@ -307,7 +307,11 @@ def test_failed_is_500_rolled_back_recorded_and_without_internals(client, target
     ).fetchone()
     assert mrn_type == ("text",)
     assert stored.generated_sql.startswith("-- WF106 schema v002")
-    assert not SchemaEvent.objects.filter(submission=stored).exists()
+    event = SchemaEvent.objects.get(submission=stored)
+    assert event.event_type == "schema_migration_failed"
+    assert event.payload["migration_log_id"] == data["result"]["primary_outputs"]["migration_log_id"]
+    assert event.payload["error"] == data["result"]["error"]
+    assert event.payload["submission_id"] == str(stored.pk)
 
 
 def test_sql_failing_the_parser_check_is_500_stored_and_never_sent(

@@ -246,7 +246,10 @@ def test_an_interrupted_apply_is_failed_and_put_in_the_ledger_with_its_sql(
     assert row[3] == old.generated_sql
     assert row[4] == "cli"
     assert row[5]["submission_id"] == str(old.pk)
-    assert not SchemaEvent.objects.exists()
+    [event] = SchemaEvent.objects.all()
+    assert (event.event_type, event.submission_id) == ("schema_migration_failed", old.pk)
+    assert event.payload["migration_log_id"] == row[0]
+    assert event.payload["error"] == old.error_message
 
 
 def test_a_submission_that_may_still_commit_is_left_alone(target, target_conn, settings):

@@ -2,7 +2,8 @@
 
 - Authors: write drafts in the admin (add, change, delete them) and submit schemas (the
   webhook's `submit_schema`, which the admin's "Submit for approval" needs too), see everything.
-- Approvers: approve or reject pending submissions (`approve_schema`), see everything.
+- Approvers: approve or reject pending submissions (`approve_schema`), re-send events and
+  resume their delivery to a receiver (`resend_schemaevent`), see everything.
 - Viewers: see everything, change nothing.
 
 The admin's login needs `is_staff` as well, which is a property of the account, not of a group.
@@ -24,6 +25,8 @@ VIEW_ALL = (
     "view_schemasubmission",
     "view_schemaplan",
     "view_schemaevent",
+    "view_eventdelivery",
+    "view_eventreceiver",
     "view_migrationledgerentry",
     *(f"view_{model}" for model in DRAFT_MODELS),
 )
@@ -32,7 +35,7 @@ EDIT_DRAFTS = tuple(
 )
 ROLES: dict[str, tuple[str, ...]] = {
     "Authors": ("submit_schema", *EDIT_DRAFTS, *VIEW_ALL),
-    "Approvers": ("approve_schema", *VIEW_ALL),
+    "Approvers": ("approve_schema", "resend_schemaevent", *VIEW_ALL),
     "Viewers": VIEW_ALL,
 }
 
