@@ -309,7 +309,8 @@ def test_failed_is_500_rolled_back_recorded_and_without_internals(client, target
     assert stored.generated_sql.startswith("-- WF106 schema v002")
     event = SchemaEvent.objects.get(submission=stored)
     assert event.event_type == "schema_migration_failed"
-    assert event.payload["migration_log_id"] == data["result"]["primary_outputs"]["migration_log_id"]
+    outputs = data["result"]["primary_outputs"]
+    assert event.payload["migration_log_id"] == outputs["migration_log_id"]
     assert event.payload["error"] == data["result"]["error"]
     assert event.payload["submission_id"] == str(stored.pk)
 
