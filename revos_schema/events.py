@@ -59,11 +59,12 @@ def record(
 ) -> SchemaEvent:
     """Record an event about a stored submission (a decision, or an outcome settled later)."""
     schema = submission.normalized_schema or {}
+    envelope = parse_envelope(submission.envelope)
     payload: dict[str, Any] = {
         "event_type": event_type,
         "workflow_name": WORKFLOW_NAME,
-        "workflow_run_id": parse_envelope(submission.envelope).workflow_run_id,
-        "tenant_id": submission.tenant_id,
+        "workflow_run_id": envelope.workflow_run_id,
+        "tenant_id": envelope.tenant_id,
         "submission_id": str(submission.pk),
         "schema_version": submission.schema_version,
         "schema_hash": submission.schema_hash,

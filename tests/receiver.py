@@ -1,7 +1,8 @@
 """A real HTTP receiver of WF11 events for tests: it verifies each delivery's signature.
 
 `Receiver` listens on 127.0.0.1 in a thread. `mode` says how it answers: "ok" (204), "error"
-(503), "gone" (410) or "hang" (it waits for `release` before answering). `stop()` closes the
+(503), "gone" (410), "moved" (308 to another path of its own) or "hang" (it waits for
+`release` before answering). `stop()` closes the
 port (a refused connection, as a receiver that is down) and `start()` opens the same port again.
 Every request that arrives is kept in `received`, with whether its signature verified.
 """
@@ -71,8 +72,10 @@ class Receiver:
                     receiver.received.append(Delivery(headers, body, verified))
                 if receiver.mode == "hang":
                     receiver.release.wait(HANG_LIMIT_S)
-                status = {"ok": 204, "error": 503, "gone": 410}.get(receiver.mode, 204)
+                status = {"error": 503, "gone": 410, "moved": 308}.get(receiver.mode, 204)
                 self.send_response(status)
+                if status == 308:
+                    self.send_header("Location", "/wf11/moved")
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
