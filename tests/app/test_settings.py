@@ -11,6 +11,7 @@ import pytest
 
 from revos_schema.envvars import environment_without_settings
 from revos_schema.settings import _db_config
+from tests.receiver import SECRET
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 SHOW_SETTINGS = """
@@ -109,3 +110,28 @@ def test_every_variable_the_settings_read_is_listed_in_envvars():
     source = (PROJECT_ROOT / "revos_schema" / "settings.py").read_text()
     read = set(re.findall(r'env\.[a-z_]+\(\s*"([A-Z0-9_]+)"', source))
     assert read == set(SETTINGS_ENV_VARS)
+
+
+@pytest.mark.parametrize(
+    ("url", "secret", "refusal"),
+    [
+        ("ftp://wf11.internal/events", SECRET, "WF11_WEBHOOK_URL must be an http"),
+        ("http:///events", SECRET, "WF11_WEBHOOK_URL must be an http"),
+        ("https://wf11.internal/events", "", "needs WF11_WEBHOOK_SECRET"),
+        ("https://wf11.internal/events", "plain-password", "needs WF11_WEBHOOK_SECRET"),
+        ("https://wf11.internal/events", "whsec_", "needs WF11_WEBHOOK_SECRET"),
+    ],
+)
+def test_a_receiver_url_needs_a_standard_webhooks_secret(url, secret, refusal):
+    result = load_settings(DEBUG="1", WF11_WEBHOOK_URL=url, WF11_WEBHOOK_SECRET=secret)
+
+    assert result.returncode != 0
+    assert refusal in result.stderr
+
+
+def test_a_receiver_url_with_its_secret_starts():
+    result = load_settings(
+        DEBUG="1", WF11_WEBHOOK_URL="https://wf11.internal/events", WF11_WEBHOOK_SECRET=SECRET
+    )
+
+    assert result.returncode == 0, result.stderr
