@@ -7,7 +7,9 @@ same for every attempt of one event, for receivers to de-duplicate), `webhook-ti
 
 - Right after an outcome commits, `deliver_now` attempts its events once, with the short
   `WF11_REQUEST_TIMEOUT_S`, and returns the attempts for the answer's `audit.external_calls`.
-  While the receiver is failing it is not attempted there: the events wait for the worker.
+  For `WF11_RETRY_BASE_S` after the receiver failed, requests make no attempt: their events
+  wait for the worker, and an outage costs one request a failed attempt now and then, not
+  every request.
 - `deliver_due` (`manage.py deliver_events`) attempts every event that is due, oldest first,
   with `WF11_WORKER_TIMEOUT_S`, and stops at the first failure (the receiver is down: the rest
   wait for the next pass). A failed attempt is retried after an exponential backoff; after
@@ -33,6 +35,8 @@ from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.db import connection, transaction
+from django.db.models import Value
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 from standardwebhooks.webhooks import Webhook
 
@@ -143,7 +147,11 @@ def _settle(event: SchemaEvent, to: EventReceiver, answer: Answer, now: datetime
         event.delivered_at = now
         event.last_error = ""
         EventReceiver.objects.filter(pk=to.pk).update(
-            failing_since=None, stopped_at=None, stopped_reason="", last_delivered_at=now
+            failing_since=None,
+            quiet_until=None,
+            stopped_at=None,
+            stopped_reason="",
+            last_delivered_at=now,
         )
     elif answer.gone:
         # Not this event's failure: it waits, pending, for delivery to be resumed.
@@ -157,7 +165,10 @@ def _settle(event: SchemaEvent, to: EventReceiver, answer: Answer, now: datetime
         if event.delivery_status == PENDING and event.attempts >= settings.WF11_MAX_ATTEMPTS:
             event.delivery_status = SchemaEvent.Delivery.DEAD
         event.next_attempt_at = now + backoff(event.attempts)
-        EventReceiver.objects.filter(pk=to.pk, failing_since__isnull=True).update(failing_since=now)
+        EventReceiver.objects.filter(pk=to.pk).update(
+            failing_since=Coalesce("failing_since", Value(now)),
+            quiet_until=now + timedelta(seconds=settings.WF11_RETRY_BASE_S),
+        )
         logger.warning("delivering event %s failed: %s", event.webhook_id, answer.error)
     event.save(
         update_fields=[
@@ -180,8 +191,9 @@ def deliver_now(events: list[SchemaEvent]) -> list[dict[str, Any]]:
     """Attempt the events of an outcome just stored; return the attempts as external calls.
 
     Inside a transaction (an outcome that may still roll back), the attempt waits for its
-    commit and is not in the answer. Nothing is attempted while the receiver is failing, or
-    after the first attempt that fails: those events wait for `deliver_events`.
+    commit and is not in the answer. Nothing is attempted while the receiver is stopped or
+    quiet after a failure, or after the first attempt that fails: those events wait for
+    `deliver_events`.
     """
     if not events or not settings.WF11_WEBHOOK_URL:
         return []
@@ -189,7 +201,7 @@ def deliver_now(events: list[SchemaEvent]) -> list[dict[str, Any]]:
         transaction.on_commit(lambda: deliver_now(events))
         return []
     to = receiver(settings.WF11_WEBHOOK_URL)
-    if to.failing_since is not None or to.stopped_at is not None:
+    if to.stopped_at is not None or (to.quiet_until and to.quiet_until > timezone.now()):
         return []
     calls = []
     for event in events:
@@ -268,7 +280,7 @@ def resume(url: str) -> bool:
     """Resume delivery to a receiver that answered 410 Gone; False if it was not stopped."""
     return bool(
         EventReceiver.objects.filter(url=url, stopped_at__isnull=False).update(
-            stopped_at=None, stopped_reason="", failing_since=None
+            stopped_at=None, stopped_reason="", quiet_until=None
         )
     )
 

@@ -241,14 +241,18 @@ class EventReceiver(models.Model):
     """What is known of a receiver URL: whether it answered 410 Gone, and since when it fails.
 
     A receiver that answered 410 Gone gets nothing more until an operator resumes delivery to
-    it (its events wait, pending). One that is failing gets no attempt during requests: the
-    events wait for `deliver_events`, so an outage never slows the webhook down.
+    it (its events wait, pending). One that is failing gets no attempt during requests until
+    `quiet_until` (`WF11_RETRY_BASE_S` after its last failure): meanwhile the events wait for
+    `deliver_events`, so an outage does not slow the webhook down.
     """
 
     url = models.CharField(max_length=2000, unique=True)
     stopped_at = models.DateTimeField(null=True, blank=True)
     stopped_reason = models.TextField(blank=True, default="")
     failing_since = models.DateTimeField(null=True, blank=True)
+    quiet_until = models.DateTimeField(
+        null=True, blank=True, help_text="Requests make no attempt before this time."
+    )
     last_delivered_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:

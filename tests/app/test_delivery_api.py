@@ -12,12 +12,13 @@ from typing import Any
 import pytest
 from django.contrib.auth.models import Permission, User
 from django.core.management import call_command
+from django.utils import timezone
 from psycopg import sql
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from revos_schema.events import PAYLOAD_KEYS
-from revos_schema.models import SchemaEvent, SchemaSubmission
+from revos_schema.models import EventReceiver, SchemaEvent, SchemaSubmission
 from tests.builder.helpers import PATIENTS, envelope
 
 URL = "/wf106/schema-builder"
@@ -48,6 +49,12 @@ def post(api: APIClient, url: str, body: Any = None):
 PATIENTS_V2 = {
     **PATIENTS,
     "columns": [*PATIENTS["columns"], {"name": "nickname", "type": "TEXT"}],
+}
+
+
+PATIENTS_V3 = {
+    **PATIENTS_V2,
+    "columns": [*PATIENTS_V2["columns"], {"name": "email", "type": "TEXT"}],
 }
 
 
@@ -89,7 +96,7 @@ def test_an_apply_is_delivered_right_after_its_commit_and_listed_in_the_answer(
 def test_a_receiver_outage_never_fails_an_apply_and_nothing_is_lost(
     service, target, receiver, settings
 ):
-    settings.WF11_RETRY_BASE_S = 0
+    settings.WF11_RETRY_BASE_S = 60
     receiver.stop()
 
     first = post(service, URL, envelope([PATIENTS]))
@@ -104,6 +111,7 @@ def test_a_receiver_outage_never_fails_an_apply_and_nothing_is_lost(
     assert SchemaEvent.objects.filter(delivery_status="pending").count() == 2
 
     receiver.start()
+    SchemaEvent.objects.update(next_attempt_at=timezone.now())  # due now, not in a minute
     call_command("deliver_events")
 
     assert sorted(receiver.ids()) == sorted(e.webhook_id for e in SchemaEvent.objects.all())
@@ -203,3 +211,43 @@ def test_held_approved_and_rejected_requests_send_their_events(target, receiver)
         == approved.json()["result"]["primary_outputs"]["migration_log_id"]
     )
     assert len(set(receiver.ids())) == 5 and all(got.verified for got in receiver.received)
+
+
+def test_requests_try_a_failing_receiver_again_after_a_quiet_while(
+    service, target, receiver, settings
+):
+    settings.WF11_RETRY_BASE_S = 60
+    receiver.stop()
+    post(service, URL, envelope([PATIENTS]))
+    quiet = EventReceiver.objects.get(url=receiver.url)
+    assert quiet.quiet_until is not None and quiet.failing_since is not None
+    receiver.start()
+
+    during = post(service, URL, envelope([PATIENTS_V2], version="002"))
+    EventReceiver.objects.filter(pk=quiet.pk).update(quiet_until=timezone.now())
+    after = post(service, URL, envelope([PATIENTS_V3], version="003"))
+
+    assert wf11_calls(during.json()) == []
+    [call] = wf11_calls(after.json())
+    assert call["delivered"] is True
+    assert receiver.received[0].payload["schema_version"] == "003"
+    healthy = EventReceiver.objects.get(pk=quiet.pk)
+    assert (healthy.failing_since, healthy.quiet_until) == (None, None)
+    # The two events of the outage are still pending, for deliver_events.
+    assert SchemaEvent.objects.filter(delivery_status="pending").count() == 2
+
+
+def test_a_delivery_that_breaks_never_turns_an_apply_into_an_error(
+    service, target, receiver, settings
+):
+    # A secret the settings would refuse at start-up: signing fails inside the attempt.
+    settings.WF11_WEBHOOK_SECRET = "whsec_"
+
+    response = post(service, URL, envelope([PATIENTS]))
+
+    assert response.status_code == 200
+    assert response.json()["result"]["status"] == "applied"
+    assert wf11_calls(response.json()) == []
+    [event] = SchemaEvent.objects.all()
+    assert (event.delivery_status, event.attempts) == ("pending", 0)
+    assert receiver.received == []
