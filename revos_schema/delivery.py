@@ -193,13 +193,22 @@ def deliver_now(events: list[SchemaEvent]) -> list[dict[str, Any]]:
     Inside a transaction (an outcome that may still roll back), the attempt waits for its
     commit and is not in the answer. Nothing is attempted while the receiver is stopped or
     quiet after a failure, or after the first attempt that fails: those events wait for
-    `deliver_events`.
+    `deliver_events`. It never raises: the outcome is stored already, and an event whose
+    delivery broke (logged) waits, pending, as well.
     """
     if not events or not settings.WF11_WEBHOOK_URL:
         return []
     if connection.in_atomic_block:
         transaction.on_commit(lambda: deliver_now(events))
         return []
+    try:
+        return _deliver_now(events)
+    except Exception:
+        logger.exception("delivering the events %s failed", [e.webhook_id for e in events])
+        return []
+
+
+def _deliver_now(events: list[SchemaEvent]) -> list[dict[str, Any]]:
     to = receiver(settings.WF11_WEBHOOK_URL)
     if to.stopped_at is not None or (to.quiet_until and to.quiet_until > timezone.now()):
         return []

@@ -31,7 +31,7 @@ from django.utils import timezone
 from builder.db import ledger
 from builder.request.envelope import output_envelope, parse_envelope
 from builder.status import LedgerStatus, Status
-from revos_schema import events, services
+from revos_schema import delivery, events, services
 from revos_schema.models import SchemaEvent, SchemaSubmission
 
 INTERRUPTED = "interrupted"
@@ -92,7 +92,22 @@ def settle_committed(*, idempotency_key: str) -> list[str]:
 def _settle(
     conn: psycopg.Connection[Any], submission_id: Any, failed_before: datetime | None
 ) -> str:
-    """Settle one submission: "applied", "failed", or "waiting" (it may still commit)."""
+    """Settle one submission: "applied", "failed", or "waiting" (it may still commit).
+
+    The event of a settled outcome is delivered right after it commits, as a request's is.
+    """
+    recorded: list[SchemaEvent] = []
+    settled = _settle_locked(conn, submission_id, failed_before, recorded)
+    delivery.deliver_now(recorded)
+    return settled
+
+
+def _settle_locked(
+    conn: psycopg.Connection[Any],
+    submission_id: Any,
+    failed_before: datetime | None,
+    recorded: list[SchemaEvent],
+) -> str:
     target_schema = services.builder_settings().target_schema
     with transaction.atomic():
         submission = (
@@ -105,15 +120,15 @@ def _settle(
         row_id = submission.migration_log_id
         row = None if row_id is None else ledger.find_row(conn, target_schema, str(row_id))
         if row is not None and row.status != LedgerStatus.FAILED:
-            _settle_applied(submission, row)
+            recorded.extend(_settle_applied(submission, row))
             return "applied"
         if failed_before is None or submission.created_at > failed_before:
             return "waiting"
-        _settle_failed(conn, submission, target_schema)
+        recorded.append(_settle_failed(conn, submission, target_schema))
         return "failed"
 
 
-def _settle_applied(submission: SchemaSubmission, row: ledger.LedgerRow) -> None:
+def _settle_applied(submission: SchemaSubmission, row: ledger.LedgerRow) -> list[SchemaEvent]:
     version = submission.schema_version
     summary = (
         f"Applied schema v{version} (migration {row.id}); its outcome was settled from the "
@@ -131,20 +146,23 @@ def _settle_applied(submission: SchemaSubmission, row: ledger.LedgerRow) -> None
         data_written=[{"table": ledger.LEDGER_TABLE, "record_id": row.id, "status": row.status}],
     )
     submission.save(update_fields=services.OUTCOME_FIELDS)
-    if not SchemaEvent.objects.filter(
+    if SchemaEvent.objects.filter(
         submission=submission, event_type="schema_migration_applied"
     ).exists():
+        return []
+    return [
         events.record(
             submission,
             "schema_migration_applied",
             occurred_at=row.applied_at,
             reapplied=row.status == LedgerStatus.REAPPLIED,
         )
+    ]
 
 
 def _settle_failed(
     conn: psycopg.Connection[Any], submission: SchemaSubmission, target_schema: str
-) -> None:
+) -> SchemaEvent:
     reason = submission.error_message or "the process stopped before the outcome was stored"
     error = f"{INTERRUPTED}: {reason}"
     row_id = None
@@ -166,7 +184,7 @@ def _settle_failed(
         else [{"table": ledger.LEDGER_TABLE, "record_id": row_id, "status": "failed"}],
     )
     submission.save(update_fields=services.OUTCOME_FIELDS)
-    events.record(submission, "schema_migration_failed", error=error)
+    return events.record(submission, "schema_migration_failed", error=error)
 
 
 def _record_failed_row(

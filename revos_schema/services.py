@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import atexit
 import getpass
-import logging
 import math
 import threading
 from collections.abc import Iterator
@@ -32,8 +31,6 @@ from builder.status import Status
 from revos_schema import delivery
 from revos_schema import events as recording
 from revos_schema.models import SchemaEvent, SchemaPlan, SchemaSubmission
-
-logger = logging.getLogger(__name__)
 
 
 def builder_settings() -> ApplySettings:
@@ -338,16 +335,8 @@ def with_deliveries(
 def deliveries_noted(
     submission: SchemaSubmission, response: dict[str, Any], recorded: list[SchemaEvent]
 ) -> dict[str, Any]:
-    """Attempt the delivery of `recorded`; return `response` with the attempts made in it.
-
-    The outcome is stored already: a failure here is logged, and the events wait, pending, for
-    `deliver_events`; it never turns the answer into an error.
-    """
-    try:
-        calls = delivery.deliver_now(recorded)
-    except Exception:
-        logger.exception("delivering the events of submission %s failed", submission.pk)
-        return response
+    """Attempt the delivery of `recorded`; return `response` with the attempts made in it."""
+    calls = delivery.deliver_now(recorded)
     if not calls:
         return response
     audit = response["audit"]

@@ -226,7 +226,7 @@ def orphan(target: str, *, age: timedelta) -> SchemaSubmission:
 
 
 def test_an_interrupted_apply_is_failed_and_put_in_the_ledger_with_its_sql(
-    target, target_conn, settings
+    target, target_conn, settings, receiver
 ):
     settings.WF106_STATEMENT_TIMEOUT_MS = 60_000
     old = orphan(target, age=timedelta(minutes=5))
@@ -250,6 +250,11 @@ def test_an_interrupted_apply_is_failed_and_put_in_the_ledger_with_its_sql(
     assert (event.event_type, event.submission_id) == ("schema_migration_failed", old.pk)
     assert event.payload["migration_log_id"] == row[0]
     assert event.payload["error"] == old.error_message
+    # Delivered right after the settlement committed.
+    [got] = receiver.received
+    assert got.verified and got.payload == event.payload
+    event.refresh_from_db()
+    assert event.delivery_status == "delivered"
 
 
 def test_a_submission_that_may_still_commit_is_left_alone(target, target_conn, settings):

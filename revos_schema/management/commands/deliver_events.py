@@ -8,6 +8,7 @@ worker. Exit code 0; 1 when a single pass left a failure (the receiver did not t
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -15,6 +16,8 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError
 
 from revos_schema import delivery
+
+logger = logging.getLogger(__name__)
 
 
 class Command(BaseCommand):
@@ -36,6 +39,12 @@ class Command(BaseCommand):
                 if not options["loop"]:
                     raise CommandError(f"the app database is unavailable: {exc}") from exc
                 self.stderr.write(f"the app database is unavailable: {exc}")
+            except Exception as exc:
+                if not options["loop"]:
+                    raise
+                # A worker keeps going: the event stays pending and is tried again.
+                logger.exception("a delivery pass failed")
+                self.stderr.write(f"a delivery pass failed: {exc}")
             else:
                 self._print(report)
                 if not options["loop"] and report.failed:
