@@ -285,13 +285,19 @@ def test_setup_roles_creates_the_groups_once_and_restores_their_permissions():
         "view_schemasubmission",
         "view_schemaplan",
         "view_schemaevent",
+        "view_eventdelivery",
+        "view_eventreceiver",
         "view_migrationledgerentry",
         "view_schemadraft",
         "view_drafttable",
         "view_draftcolumn",
         "view_draftindex",
     }
-    assert {p.codename for p in approvers.permissions.all()} == {"approve_schema", *view_all}
+    assert {p.codename for p in approvers.permissions.all()} == {
+        "approve_schema",
+        "resend_schemaevent",
+        *view_all,
+    }
     assert {p.codename for p in Group.objects.get(name="Viewers").permissions.all()} == view_all
     # Authors write drafts (a draft and its tables, columns and indexes) and submit them.
     assert {p.codename for p in Group.objects.get(name="Authors").permissions.all()} == {
