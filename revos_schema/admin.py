@@ -9,12 +9,18 @@ A thin layer over the services:
 - **Submissions** are records: nobody adds, changes or deletes them here. A held one shows its
   plan (`revos_schema.preview`) and, to a user that `approvals.refusal` lets decide, the buttons
   Approve and Reject, which post to `approvals.approve` and `approvals.reject`.
-- Plans, events and the target's migration ledger are read-only lists.
+- **Events** are records too. Their list shows the backlog of delivery to WF11 and the state of
+  the receiver; an event's page shows every attempt. A user with `resend_schemaevent` re-sends
+  events (`delivery.resend`) and resumes delivery to a receiver that answered 410 Gone
+  (`delivery.resume`).
+- Plans and the target's migration ledger are read-only lists.
 """
 
 from __future__ import annotations
 
+import json
 import re
+from datetime import datetime
 from typing import Any
 
 import nested_admin
@@ -24,7 +30,7 @@ from django.contrib import admin, messages
 from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied
 from django.db import DatabaseError
-from django.db.models import Count, Q, QuerySet
+from django.db.models import Count, OuterRef, Q, QuerySet, Subquery
 from django.forms import BaseForm
 from django.forms.utils import ErrorDict
 from django.http import (
@@ -37,17 +43,20 @@ from django.http import (
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
+from django.utils import timezone
 from django.utils.html import format_html
 
 from builder.errors import UnsafeSQLError
 from builder.pipeline import Prepared
 from builder.status import Status
-from revos_schema import approvals, drafts, services, targetcheck
+from revos_schema import approvals, delivery, drafts, services, targetcheck
 from revos_schema.forms import DraftColumnForm, DraftIndexForm, ImportForm, SchemaDraftForm
 from revos_schema.models import (
     DraftColumn,
     DraftIndex,
     DraftTable,
+    EventDelivery,
+    EventReceiver,
     MigrationLedgerEntry,
     SchemaDraft,
     SchemaEvent,
@@ -330,13 +339,359 @@ class SchemaPlanAdmin(ReadOnlyAdmin):
         return highlight_sql(obj.generated_sql)
 
 
+# --- events -----------------------------------------------------------------------------------
+
+RESEND_PERMISSION = "revos_schema.resend_schemaevent"
+NO_URL = "no WF11_WEBHOOK_URL configured: events are kept, not delivered"
+# How many failed events a re-send's message names, with their errors.
+_ERRORS_SHOWN = 5
+
+
+def _when(value: datetime | None) -> str:
+    return "-" if value is None else f"{timezone.localtime(value):%Y-%m-%d %H:%M:%S}"
+
+
+def _last_attempt(field: str) -> Subquery:
+    """The `field` of an event's newest attempt, as an annotation of the events' query."""
+    newest = EventDelivery.objects.filter(event=OuterRef("pk")).order_by("-attempted_at", "-pk")
+    return Subquery(newest.values(field)[:1])
+
+
+class ResendPermission:
+    """`has_resend_permission` for the actions that send to the receiver; a POST of one of
+    `resend_actions` without it is refused (403) rather than ignored."""
+
+    resend_actions: tuple[str, ...] = ()
+
+    def has_resend_permission(self, request: HttpRequest) -> bool:
+        return bool(request.user.has_perm(RESEND_PERMISSION))
+
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        action = request.POST.get("action") if request.method == "POST" else None
+        if action in self.resend_actions and not self.has_resend_permission(request):
+            raise PermissionDenied
+        return super().changelist_view(request, extra_context)  # type: ignore[misc]
+
+
+class EventDeliveryInline(admin.TabularInline):
+    """Every attempt to deliver the event, newest first."""
+
+    model = EventDelivery
+    fields = ("attempted", "trigger", "url", "status_code", "error", "duration", "delivered")
+    readonly_fields = fields
+    ordering = ("-attempted_at", "-pk")
+    extra = 0
+    can_delete = False
+    verbose_name_plural = "delivery attempts, newest first"
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    @admin.display(description="attempted at")
+    def attempted(self, obj: EventDelivery) -> str:
+        return _when(obj.attempted_at)
+
+    @admin.display(description="duration")
+    def duration(self, obj: EventDelivery) -> str:
+        return f"{obj.duration_ms} ms"
+
+
+@admin.action(description="Re-send now", permissions=["resend"])
+def resend_now(
+    model_admin: SchemaEventAdmin, request: HttpRequest, queryset: QuerySet[SchemaEvent]
+) -> None:
+    model_admin.resend(request, list(queryset.order_by("created_at")))
+
+
 @admin.register(SchemaEvent)
-class SchemaEventAdmin(ReadOnlyAdmin):
-    list_display = ("created_at", "event_type", "submission")
-    list_filter = ("event_type",)
+class SchemaEventAdmin(ResendPermission, ReadOnlyAdmin):
+    """The events and their delivery to WF11: the backlog above the list, every attempt of an
+    event on its page, and re-sending them (`delivery.resend`)."""
+
+    change_list_template = "admin/revos_schema/schemaevent/change_list.html"
+    change_form_template = "admin/revos_schema/schemaevent/change_form.html"
+    list_display = (
+        "created",
+        "event_type",
+        "submission",
+        "delivery_state",
+        "attempts",
+        "last_attempt",
+        "next_attempt",
+    )
+    list_filter = ("delivery_status", "event_type")
     search_fields = ("event_type", "submission__schema_version", "submission__schema_hash")
     list_select_related = ("submission",)
     date_hierarchy = "created_at"
+    actions = (resend_now,)
+    resend_actions = ("resend_now",)
+    inlines = (EventDeliveryInline,)
+    readonly_fields = (
+        "hook_id",
+        "created",
+        "delivery_state",
+        "next_attempt",
+        "delivered",
+        "pretty_payload",
+    )
+    fieldsets = (
+        (None, {"fields": ("hook_id", ("created", "event_type"), "submission")}),
+        (
+            "Delivery",
+            {
+                "fields": (
+                    "delivery_state",
+                    ("attempts", "next_attempt"),
+                    "delivered",
+                    "last_error",
+                )
+            },
+        ),
+        ("Payload", {"fields": ("pretty_payload",)}),
+    )
+
+    class Media:
+        css = ASSETS["css"]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[SchemaEvent]:
+        # The newest attempt and the receiver's stop, in the list's own query.
+        stopped = EventReceiver.objects.filter(url=settings.WF11_WEBHOOK_URL)
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(
+                last_attempted_at=_last_attempt("attempted_at"),
+                last_status_code=_last_attempt("status_code"),
+                last_attempt_error=_last_attempt("error"),
+                receiver_stopped_at=Subquery(stopped.values("stopped_at")[:1]),
+            )
+        )
+
+    @admin.display(description="created at", ordering="created_at")
+    def created(self, obj: SchemaEvent) -> str:
+        return _when(obj.created_at)
+
+    @admin.display(description="webhook-id")
+    def hook_id(self, obj: SchemaEvent) -> str:
+        return obj.webhook_id
+
+    @admin.display(description="delivered at")
+    def delivered(self, obj: SchemaEvent) -> str:
+        return _when(obj.delivered_at)
+
+    @admin.display(description="delivery", ordering="delivery_status")
+    def delivery_state(self, obj: SchemaEvent) -> str:
+        status = obj.delivery_status
+        note = ""
+        if status == SchemaEvent.Delivery.DELIVERED:
+            kind, label = "delivered", "Delivered"
+        elif status == SchemaEvent.Delivery.DEAD:
+            kind, label = "dead", "Dead"
+            note = f"after {obj.attempts} attempts"
+        elif not settings.WF11_WEBHOOK_URL:
+            kind, label, note = "unsent", "Not delivered", "no WF11_WEBHOOK_URL"
+        elif getattr(obj, "receiver_stopped_at", None) is not None:
+            kind, label, note = "stopped", "Pending", "delivery stopped after 410 Gone"
+        else:
+            kind, label = "pending", "Pending"
+        return format_html(
+            '<span class="wf106-delivery wf106-delivery-{}">{}</span>{}',
+            kind,
+            label,
+            format_html('<span class="wf106-delivery-note">{}</span>', note) if note else "",
+        )
+
+    @admin.display(description="last attempt", ordering="last_attempted_at")
+    def last_attempt(self, obj: SchemaEvent) -> str:
+        attempted_at = getattr(obj, "last_attempted_at", None)
+        if attempted_at is None:
+            return "-"
+        code = getattr(obj, "last_status_code", None)
+        error = getattr(obj, "last_attempt_error", "")
+        answer = str(code) if code is not None else error
+        kind = "ok" if code is not None and 200 <= code < 300 else "failed"
+        return format_html(
+            '<span class="wf106-answer wf106-answer-{}" title="{}">{}</span>'
+            '<span class="wf106-delivery-note">{}</span>',
+            kind,
+            error,
+            answer if len(answer) <= 60 else answer[:59] + "\u2026",
+            _when(attempted_at),
+        )
+
+    @admin.display(description="next attempt", ordering="next_attempt_at")
+    def next_attempt(self, obj: SchemaEvent) -> str:
+        if obj.delivery_status != SchemaEvent.Delivery.PENDING or not settings.WF11_WEBHOOK_URL:
+            return "-"
+        if getattr(obj, "receiver_stopped_at", None) is not None:
+            return "once delivery is resumed"
+        if obj.next_attempt_at <= timezone.now():
+            return "due now"
+        return _when(obj.next_attempt_at)
+
+    @admin.display(description="payload")
+    def pretty_payload(self, obj: SchemaEvent) -> str:
+        text = json.dumps(obj.payload, indent=2, sort_keys=True, ensure_ascii=False)
+        return format_html('<pre class="wf106-json" id="wf106-payload">{}</pre>', text)
+
+    def get_urls(self) -> list[URLPattern]:
+        info = self.opts.app_label, self.opts.model_name
+        return [
+            path(
+                "<path:object_id>/resend/",
+                self.admin_site.admin_view(self.resend_view),
+                name="{}_{}_resend".format(*info),
+            ),
+            *super().get_urls(),
+        ]
+
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        url = settings.WF11_WEBHOOK_URL
+        found = EventReceiver.objects.filter(url=url).first() if url else None
+        backlog = delivery.backlog()
+        context = {
+            **(extra_context or {}),
+            "backlog": backlog,
+            "webhook_url": url,
+            "receiver": found,
+            "delivery_trouble": (
+                not url
+                or backlog.dead > 0
+                or (found is not None and (found.stopped_at or found.failing_since) is not None)
+            ),
+            "receivers_url": (
+                reverse("admin:revos_schema_eventreceiver_changelist")
+                if request.user.has_perm("revos_schema.view_eventreceiver")
+                else ""
+            ),
+        }
+        return super().changelist_view(request, context)
+
+    def change_view(
+        self,
+        request: HttpRequest,
+        object_id: str,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
+        info = self.opts.app_label, self.opts.model_name
+        context = {
+            **(extra_context or {}),
+            "may_resend": self.has_resend_permission(request),
+            "webhook_url": settings.WF11_WEBHOOK_URL,
+            "resend_url": reverse("admin:{}_{}_resend".format(*info), args=[object_id]),
+        }
+        return super().change_view(request, object_id, form_url, context)
+
+    def resend_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        response = _require_post(request)
+        if response is not None:
+            return response
+        if not self.has_resend_permission(request):
+            raise PermissionDenied
+        event = self.get_object(request, unquote(object_id))
+        if event is None:
+            raise Http404("No such event.")
+        self.resend(request, [event])
+        return redirect(reverse("admin:revos_schema_schemaevent_change", args=[event.pk]))
+
+    def resend(self, request: HttpRequest, events: list[SchemaEvent]) -> None:
+        """Attempt each event once (`delivery.resend`) and say how it went, with the errors."""
+        url = settings.WF11_WEBHOOK_URL
+        if not url:
+            messages.error(request, f"Nothing was sent: {NO_URL}.")
+            return
+        delivered: list[SchemaEvent] = []
+        failed: list[str] = []
+        busy: list[SchemaEvent] = []
+        for event in events:
+            made = delivery.resend(event.pk)
+            if made is None:
+                busy.append(event)
+            elif made.delivered:
+                delivered.append(event)
+            else:
+                failed.append(f"{event.webhook_id}: {made.error}")
+        count = len(events)
+        text = f"Re-sent {count} event{'s' if count != 1 else ''} to {url}: "
+        text += f"{len(delivered)} delivered, {len(failed)} failed"
+        if failed:
+            text += " (" + "; ".join(failed[:_ERRORS_SHOWN])
+            if len(failed) > _ERRORS_SHOWN:
+                text += f"; and {len(failed) - _ERRORS_SHOWN} more"
+            text += ")"
+        if busy:
+            text += (
+                f", {len(busy)} not attempted: another process is delivering "
+                f"{'them' if len(busy) != 1 else 'it'} at this moment"
+            )
+        level = messages.ERROR if failed else messages.WARNING if busy else messages.SUCCESS
+        self.message_user(request, text + ".", level=level)
+
+
+@admin.action(description="Resume delivery", permissions=["resend"])
+def resume_delivery(
+    model_admin: EventReceiverAdmin, request: HttpRequest, queryset: QuerySet[EventReceiver]
+) -> None:
+    for found in queryset:
+        if delivery.resume(found.url):
+            model_admin.message_user(
+                request,
+                f"Delivery to {found.url} is resumed: its pending events are sent again.",
+                level=messages.SUCCESS,
+            )
+        else:
+            model_admin.message_user(
+                request, f"Delivery to {found.url} was not stopped.", level=messages.WARNING
+            )
+
+
+@admin.register(EventReceiver)
+class EventReceiverAdmin(ResendPermission, ReadOnlyAdmin):
+    """The receivers events were sent to; one that answered 410 Gone gets nothing more until an
+    operator resumes delivery to it."""
+
+    list_display = (
+        "url",
+        "state",
+        "failing_since",
+        "stopped_at",
+        "stopped_reason",
+        "last_delivered_at",
+    )
+    actions = (resume_delivery,)
+    resend_actions = ("resume_delivery",)
+
+    class Media:
+        css = ASSETS["css"]
+
+    @admin.display(description="state")
+    def state(self, obj: EventReceiver) -> str:
+        if obj.stopped_at is not None:
+            kind, label = "stopped", "Stopped after 410 Gone"
+        elif obj.failing_since is not None:
+            kind, label = "dead", "Failing"
+        elif obj.last_delivered_at is not None:
+            kind, label = "delivered", "Taking events"
+        else:
+            kind, label = "pending", "Nothing delivered yet"
+        note = "" if obj.url == settings.WF11_WEBHOOK_URL else "not the WF11_WEBHOOK_URL now"
+        return format_html(
+            '<span class="wf106-delivery wf106-delivery-{}">{}</span>{}',
+            kind,
+            label,
+            format_html('<span class="wf106-delivery-note">{}</span>', note) if note else "",
+        )
 
 
 @admin.register(MigrationLedgerEntry)

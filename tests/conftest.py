@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import psycopg
 import pytest
 from psycopg import sql
+
+from tests.receiver import SECRET, Receiver
 
 
 @pytest.fixture(scope="session")
@@ -52,3 +55,14 @@ def target_conn(target_dsn: str) -> Iterator[psycopg.Connection]:
     """An autocommit psycopg connection to the target database."""
     with psycopg.connect(target_dsn, autocommit=True) as conn:
         yield conn
+
+
+@pytest.fixture
+def receiver(settings: Any) -> Iterator[Receiver]:
+    """A real HTTP receiver of WF11 events, running, and the settings that deliver to it."""
+    running = Receiver()
+    running.start()
+    settings.WF11_WEBHOOK_URL = running.url
+    settings.WF11_WEBHOOK_SECRET = SECRET
+    yield running
+    running.stop()

@@ -18,7 +18,6 @@ from django.db import connections
 
 from builder.db import ledger
 from revos_schema.models import SchemaEvent, SchemaSubmission
-from tests.receiver import SECRET, Receiver
 
 
 @pytest.fixture(scope="session")
@@ -107,14 +106,3 @@ def submission_updates_skipped() -> Iterator[None]:
     """Make every UPDATE of a `SchemaSubmission` row change nothing, without an error."""
     with trigger(SchemaSubmission._meta.db_table, "BEFORE UPDATE", "RETURN NULL;"):
         yield
-
-
-@pytest.fixture
-def receiver(settings: Any) -> Iterator[Receiver]:
-    """A real HTTP receiver of WF11 events, running, and the settings that deliver to it."""
-    running = Receiver()
-    running.start()
-    settings.WF11_WEBHOOK_URL = running.url
-    settings.WF11_WEBHOOK_SECRET = SECRET
-    yield running
-    running.stop()
