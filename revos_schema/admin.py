@@ -343,8 +343,8 @@ class SchemaPlanAdmin(ReadOnlyAdmin):
 
 RESEND_PERMISSION = "revos_schema.resend_schemaevent"
 NO_URL = "no WF11_WEBHOOK_URL configured: events are kept, not delivered"
-# How many failed events a re-send's message names, with their errors.
-_ERRORS_SHOWN = 5
+# The most events an operator re-sends in one request (each attempt may wait for the receiver).
+MAX_RESEND = 50
 
 
 def _when(value: datetime | None) -> str:
@@ -606,36 +606,42 @@ class SchemaEventAdmin(ResendPermission, ReadOnlyAdmin):
         return redirect(reverse("admin:revos_schema_schemaevent_change", args=[event.pk]))
 
     def resend(self, request: HttpRequest, events: list[SchemaEvent]) -> None:
-        """Attempt each event once (`delivery.resend`) and say how it went, with the errors."""
+        """Attempt the events once each (`delivery.resend`), oldest first, and say how it went.
+
+        The attempts are made within the operator's request: at most `MAX_RESEND` at once, and
+        none after the first that fails (the receiver is in trouble: the rest would only wait).
+        """
         url = settings.WF11_WEBHOOK_URL
         if not url:
             messages.error(request, f"Nothing was sent: {NO_URL}.")
             return
-        delivered: list[SchemaEvent] = []
-        failed: list[str] = []
-        busy: list[SchemaEvent] = []
+        if len(events) > MAX_RESEND:
+            messages.error(
+                request,
+                f"Nothing was sent: select at most {MAX_RESEND} events to re-send at once "
+                "(manage.py deliver_events sends any number of pending ones).",
+            )
+            return
+        delivered = busy = 0
+        failure = ""
         for event in events:
             made = delivery.resend(event.pk)
             if made is None:
-                busy.append(event)
+                busy += 1
             elif made.delivered:
-                delivered.append(event)
+                delivered += 1
             else:
-                failed.append(f"{event.webhook_id}: {made.error}")
-        count = len(events)
-        text = f"Re-sent {count} event{'s' if count != 1 else ''} to {url}: "
-        text += f"{len(delivered)} delivered, {len(failed)} failed"
-        if failed:
-            text += " (" + "; ".join(failed[:_ERRORS_SHOWN])
-            if len(failed) > _ERRORS_SHOWN:
-                text += f"; and {len(failed) - _ERRORS_SHOWN} more"
-            text += ")"
+                failure = f"{event.webhook_id}: {made.error}"
+                break
+        left = len(events) - delivered - busy - (1 if failure else 0)
+        text = f"Re-sent to {url}: {delivered} of {len(events)} delivered"
+        if failure:
+            text += f"; failed: {failure}"
+        if left:
+            text += f"; {left} not attempted after that failure"
         if busy:
-            text += (
-                f", {len(busy)} not attempted: another process is delivering "
-                f"{'them' if len(busy) != 1 else 'it'} at this moment"
-            )
-        level = messages.ERROR if failed else messages.WARNING if busy else messages.SUCCESS
+            text += f"; {busy} not attempted: another process is delivering it at this moment"
+        level = messages.ERROR if failure else messages.WARNING if busy else messages.SUCCESS
         self.message_user(request, text + ".", level=level)
 
 

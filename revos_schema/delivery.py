@@ -281,8 +281,11 @@ def deliver_due(*, limit: int = 500) -> PassReport:
 
 
 def resend(event_id: Any) -> EventDelivery | None:
-    """An operator's attempt of one event, whatever its state; None if none could be made."""
-    return attempt(event_id, trigger=Trigger.OPERATOR, timeout=settings.WF11_WORKER_TIMEOUT_S)
+    """An operator's attempt of one event, whatever its state; None if none could be made.
+
+    It is made within the operator's request, with the request's timeout.
+    """
+    return attempt(event_id, trigger=Trigger.OPERATOR, timeout=settings.WF11_REQUEST_TIMEOUT_S)
 
 
 def resume(url: str) -> bool:

@@ -10,6 +10,7 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
+from revos_schema import admin as revos_admin
 from revos_schema import delivery
 from revos_schema.models import EventDelivery, EventReceiver, SchemaEvent
 from tests.app.admin_helpers import staff
@@ -174,7 +175,7 @@ def test_re_sending_a_dead_event_delivers_it_to_the_receiver(client, receiver, s
 
     assert 'id="wf106-resend"' in page.content.decode()
     assert response.redirect_chain == [(f"{EVENTS_URL}{made.pk}/change/", 302)]
-    assert shown(response) == [f"Re-sent 1 event to {receiver.url}: 1 delivered, 0 failed."]
+    assert shown(response) == [f"Re-sent to {receiver.url}: 1 of 1 delivered."]
     assert receiver.ids() == [made.webhook_id, made.webhook_id]
     assert all(got.verified for got in receiver.received)
     made.refresh_from_db()
@@ -184,27 +185,44 @@ def test_re_sending_a_dead_event_delivers_it_to_the_receiver(client, receiver, s
     assert (newest.trigger, newest.delivered, newest.status_code) == ("operator", True, 204)
 
 
-def test_re_sending_while_the_receiver_is_down_records_the_failures(admin_client, receiver):
+def test_re_sending_while_the_receiver_is_down_stops_at_the_first_failure(admin_client, receiver):
     first, second = event(version="041"), event(version="042")
     receiver.stop()
 
     listing = admin_client.get(EVENTS_URL)
-    response = admin_client.post(EVENTS_URL, action("resend_now", first, second), follow=True)
+    response = admin_client.post(EVENTS_URL, action("resend_now", second, first), follow=True)
 
     assert 'value="resend_now"' in listing.content.decode()
     [message] = shown(response)
-    assert message.startswith(f"Re-sent 2 events to {receiver.url}: 0 delivered, 2 failed (")
-    assert f"{first.webhook_id}: ConnectionRefusedError" in message
-    assert f"{second.webhook_id}: ConnectionRefusedError" in message
-    attempts = EventDelivery.objects.all()
-    assert len(attempts) == 2
-    assert {(a.trigger, a.delivered, a.status_code) for a in attempts} == {
-        ("operator", False, None)
-    }
-    for made in (first, second):
-        made.refresh_from_db()
-        assert (made.delivery_status, made.attempts) == ("pending", 1)
+    assert message.startswith(
+        f"Re-sent to {receiver.url}: 0 of 2 delivered; failed: {first.webhook_id}: "
+        "ConnectionRefusedError"
+    )
+    assert message.endswith("; 1 not attempted after that failure.")
+    [attempted] = EventDelivery.objects.all()
+    assert (attempted.event_id, attempted.trigger, attempted.delivered) == (
+        first.pk,
+        "operator",
+        False,
+    )
+    first.refresh_from_db()
+    second.refresh_from_db()
+    assert (first.delivery_status, first.attempts) == ("pending", 1)
+    assert (second.delivery_status, second.attempts) == ("pending", 0)
     assert "ConnectionRefusedError" in text(admin_client.get(EVENTS_URL))
+
+
+def test_too_many_events_are_not_re_sent_at_once(admin_client, receiver, monkeypatch):
+    made = [event(version=f"{n:03}") for n in range(3)]
+    monkeypatch.setattr(revos_admin, "MAX_RESEND", 2)  # a limit three events reach
+
+    response = admin_client.post(EVENTS_URL, action("resend_now", *made), follow=True)
+
+    assert shown(response) == [
+        "Nothing was sent: select at most 2 events to re-send at once (manage.py "
+        "deliver_events sends any number of pending ones)."
+    ]
+    assert receiver.received == [] and not EventDelivery.objects.exists()
 
 
 def test_without_the_permission_nothing_is_re_sent_or_resumed(client, receiver):
