@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.db import DatabaseError
+from django.db import DatabaseError, close_old_connections
 
 from revos_schema import delivery
 
@@ -33,6 +33,8 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         while True:
+            # As before each request: a connection that broke (a database restart) is replaced.
+            close_old_connections()
             try:
                 report = delivery.deliver_due()
             except DatabaseError as exc:

@@ -13,6 +13,7 @@ from typing import Any
 
 import psycopg
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import DatabaseError, close_old_connections
 
 from revos_schema.reconcile import Report, reconcile
 
@@ -32,12 +33,18 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         while True:
+            # As before each request: a connection that broke (a database restart) is replaced.
+            close_old_connections()
             try:
                 report = reconcile()
             except psycopg.OperationalError as exc:
                 if not options["loop"]:
                     raise CommandError(f"target database unavailable: {exc}", returncode=1) from exc
                 self.stderr.write(f"target database unavailable: {exc}")
+            except DatabaseError as exc:
+                if not options["loop"]:
+                    raise
+                self.stderr.write(f"the app database is unavailable: {exc}")
             else:
                 self._print(report)
             if not options["loop"]:
