@@ -244,10 +244,16 @@ class PassReport:
     failed: list[tuple[str, str]] = field(default_factory=list)
     dead: list[str] = field(default_factory=list)
     skipped: str = ""
+    more: bool = False  # the pass took as many events as it may: more may be due
 
 
-def deliver_due(*, limit: int = 500) -> PassReport:
-    """Attempt the pending events that are due, oldest first; stop at the first failure."""
+# The most events one call of deliver_due attempts.
+BATCH = 500
+
+
+def deliver_due() -> PassReport:
+    """Attempt the pending events that are due, oldest first (at most `BATCH`); stop at the
+    first failure."""
     report = PassReport()
     url = settings.WF11_WEBHOOK_URL
     if not url:
@@ -263,9 +269,11 @@ def deliver_due(*, limit: int = 500) -> PassReport:
     due = (
         SchemaEvent.objects.filter(delivery_status=PENDING, next_attempt_at__lte=timezone.now())
         .order_by("next_attempt_at", "created_at")
-        .values_list("pk", flat=True)[:limit]
+        .values_list("pk", flat=True)[:BATCH]
     )
-    for event_id in list(due):
+    due_ids = list(due)
+    report.more = len(due_ids) == BATCH
+    for event_id in due_ids:
         made = attempt(event_id, trigger=Trigger.WORKER, timeout=settings.WF11_WORKER_TIMEOUT_S)
         if made is None:
             continue
@@ -276,6 +284,7 @@ def deliver_due(*, limit: int = 500) -> PassReport:
         report.failed.append((webhook_id, made.error))
         if made.event.delivery_status == SchemaEvent.Delivery.DEAD:
             report.dead.append(webhook_id)
+        report.more = False
         break
     return report
 

@@ -273,3 +273,14 @@ def test_two_workers_never_send_one_event_at_the_same_time(receiver):
         worker.join()
     assert results[0] is not None and results[0].delivered
     assert receiver.ids() == [event.webhook_id]
+
+
+def test_one_pass_of_the_command_delivers_more_than_a_batch(receiver, monkeypatch, capsys):
+    made = [make_event(f"{n:03}") for n in range(5)]
+    monkeypatch.setattr(delivery, "BATCH", 2)
+
+    call_command("deliver_events")
+
+    assert sorted(receiver.ids()) == sorted(e.webhook_id for e in made)
+    out = capsys.readouterr().out
+    assert out.count("Delivered 2 event(s).") == 2 and "Delivered 1 event(s)." in out

@@ -1,7 +1,7 @@
 """`manage.py deliver_events [--loop] [--every SECONDS]`: deliver the events that are due.
 
-One pass attempts every pending event whose time has come, oldest first, and stops at the first
-failure (`revos_schema.delivery.deliver_due`). Prints one line per attempt, then the backlog:
+One pass attempts every pending event whose time has come, oldest first, in batches of 500
+(`revos_schema.delivery.deliver_due`), and stops at the first failure. Prints one line per attempt, then the backlog:
 how many events are pending (and since when) and how many are dead. `--loop` keeps running as a
 worker. Exit code 0; 1 when a single pass left a failure (the receiver did not take an event).
 """
@@ -33,8 +33,9 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         while True:
-            # As before each request: a connection that broke (a database restart) is replaced.
-            close_old_connections()
+            if options["loop"]:
+                # As before each request: a connection that broke (a restart) is replaced.
+                close_old_connections()
             try:
                 report = delivery.deliver_due()
             except DatabaseError as exc:
@@ -49,6 +50,8 @@ class Command(BaseCommand):
                 self.stderr.write(f"a delivery pass failed: {exc}")
             else:
                 self._print(report)
+                if report.more:
+                    continue  # a full batch: the next one at once, in the same pass
                 if not options["loop"] and report.failed:
                     raise CommandError("the receiver did not take an event", returncode=1)
             if not options["loop"]:

@@ -33,8 +33,9 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         while True:
-            # As before each request: a connection that broke (a database restart) is replaced.
-            close_old_connections()
+            if options["loop"]:
+                # As before each request: a connection that broke (a restart) is replaced.
+                close_old_connections()
             try:
                 report = reconcile()
             except psycopg.OperationalError as exc:
