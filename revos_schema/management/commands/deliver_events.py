@@ -1,9 +1,10 @@
 """`manage.py deliver_events [--loop] [--every SECONDS]`: deliver the events that are due.
 
 One pass attempts every pending event whose time has come, oldest first, in batches of 500
-(`revos_schema.delivery.deliver_due`), and stops at the first failure. Prints one line per attempt, then the backlog:
-how many events are pending (and since when) and how many are dead. `--loop` keeps running as a
-worker. Exit code 0; 1 when a single pass left a failure (the receiver did not take an event).
+(`revos_schema.delivery.deliver_due`), and stops at the first failure. Prints one line per
+attempt, then the backlog: how many events are pending (and since when) and how many are dead.
+`--loop` keeps running as a worker. Exit code 0; 1 when a single pass left a failure (the
+receiver did not take an event).
 """
 
 from __future__ import annotations
