@@ -25,7 +25,10 @@ are kept, pending.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import socket
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -68,7 +71,11 @@ class Answer:
 
 
 def post(url: str, secret: str, webhook_id: str, body: bytes, timeout: float) -> Answer:
-    """POST `body` to `url`, signed; `timeout` bounds the connection and each read."""
+    """POST `body` to `url`, signed.
+
+    `timeout` bounds the connection and each read, and twice `timeout` the whole attempt: a
+    receiver that answers byte by byte is hung up on then.
+    """
     now = datetime.now(UTC)
     headers = {
         "Content-Type": "application/json",
@@ -81,7 +88,11 @@ def post(url: str, secret: str, webhook_id: str, body: bytes, timeout: float) ->
     kind = HTTPSConnection if parts.scheme == "https" else HTTPConnection
     conn = kind(parts.hostname or "", parts.port, timeout=timeout)
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    expired = threading.Event()
+    deadline = threading.Timer(2 * timeout, _hang_up, args=(conn, expired))
+    deadline.daemon = True
     started = time.monotonic()
+    deadline.start()
     try:
         conn.request("POST", path, body=body, headers=headers)
         response = conn.getresponse()
@@ -89,14 +100,24 @@ def post(url: str, secret: str, webhook_id: str, body: bytes, timeout: float) ->
     except TimeoutError:
         return Answer(None, f"no answer within {timeout:g} s", _ms(started))
     except (OSError, HTTPException) as exc:
+        if expired.is_set():
+            return Answer(None, f"no whole answer within {2 * timeout:g} s", _ms(started))
         return Answer(None, f"{type(exc).__name__}: {exc}", _ms(started))
     finally:
+        deadline.cancel()
         conn.close()
     status = response.status
     error = "" if 200 <= status < 300 else f"HTTP {status} {response.reason}".strip()
     if 300 <= status < 400:
         error += f" (redirect to {response.getheader('Location', '?')} not followed)"
     return Answer(status, error, _ms(started))
+
+
+def _hang_up(conn: HTTPConnection, expired: threading.Event) -> None:
+    """End an attempt that is still going at its deadline: its next read returns at once."""
+    expired.set()
+    with contextlib.suppress(OSError, AttributeError):  # closed meanwhile
+        conn.sock.shutdown(socket.SHUT_RDWR)
 
 
 def receiver(url: str) -> EventReceiver:

@@ -1,9 +1,9 @@
 """A real HTTP receiver of WF11 events for tests: it verifies each delivery's signature.
 
 `Receiver` listens on 127.0.0.1 in a thread. `mode` says how it answers: "ok" (204), "error"
-(503), "gone" (410), "moved" (308 to another path of its own) or "hang" (it waits for
-`release` before answering). `stop()` closes the
-port (a refused connection, as a receiver that is down) and `start()` opens the same port again.
+(503), "gone" (410), "moved" (308 to another path of its own), "hang" (it waits for `release`
+before answering) or "trickle" (it answers a byte at a time, until `release`). `stop()` closes
+the port (a refused connection, as a receiver that is down) and `start()` opens it again.
 Every request that arrives is kept in `received`, with whether its signature verified.
 """
 
@@ -21,6 +21,7 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 SECRET = "whsec_" + base64.b64encode(b"revos-schema test receiver key!!").decode()
 HANG_LIMIT_S = 30.0
+TRICKLE_EVERY_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,16 @@ class Receiver:
                     receiver.received.append(Delivery(headers, body, verified))
                 if receiver.mode == "hang":
                     receiver.release.wait(HANG_LIMIT_S)
+                if receiver.mode == "trickle":
+                    # An answer a byte at a time, each in good time, never finished.
+                    for byte in b"HTTP/1.1 204 No Content\r\nX-Padding: " + b"x" * 1000:
+                        if receiver.release.wait(TRICKLE_EVERY_S):
+                            break
+                        try:
+                            self.wfile.write(bytes([byte]))
+                        except OSError:
+                            break
+                    return
                 status = {"error": 503, "gone": 410, "moved": 308}.get(receiver.mode, 204)
                 self.send_response(status)
                 if status == 308:

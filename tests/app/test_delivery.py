@@ -187,6 +187,17 @@ def test_a_hanging_receiver_is_given_up_on_after_the_timeout(receiver):
     assert (event.delivery_status, event.attempts) == ("pending", 1)
 
 
+def test_a_receiver_answering_a_byte_at_a_time_is_hung_up_on(receiver):
+    receiver.mode = "trickle"  # each byte well within the read timeout
+    event = make_event()
+
+    made = delivery.attempt(event.pk, trigger=EventDelivery.Trigger.WORKER, timeout=0.3)
+
+    assert made is not None
+    assert (made.status_code, made.error) == (None, "no whole answer within 0.6 s")
+    assert not receiver.release.is_set()  # it was still answering
+
+
 def test_a_redirect_is_a_failed_attempt_and_is_not_followed(receiver):
     receiver.mode = "moved"
     event = make_event()
