@@ -79,7 +79,7 @@ from _common import (
     server_url,
     verdict,
 )
-from http_webhook import Client, database_url
+from http_webhook import WARMUP_PREVIEW, Client, database_url
 from soak import gunicorn, manage
 
 from revos_schema.envvars import environment_without_settings
@@ -95,15 +95,6 @@ LABELS = {
 }
 REQUEST_TIMEOUT_S = 0.5
 WARMUP_PREVIEWS = 4
-WARMUP_PREVIEW = {
-    "meta": {"tenant_id": "t_bench"},
-    "payload": {
-        "schema_version": "0-warmup",
-        "description": "warm-up preview",
-        "dry_run": True,
-        "tables": [{"name": "bench_warmup", "columns": [{"name": "note", "type": "TEXT"}]}],
-    },
-}
 APPLIED = "schema_migration_applied"
 
 
