@@ -169,7 +169,13 @@ class OutputEnvelopeSerializer(serializers.Serializer[Any]):
     audit = AuditSerializer()
 
 
-def _example(name: str, result: dict[str, Any], *, status_code: str) -> OpenApiExample:
+def _example(
+    name: str,
+    result: dict[str, Any],
+    *,
+    status_code: str,
+    external_calls: list[dict[str, Any]] | None = None,
+) -> OpenApiExample:
     return OpenApiExample(
         name,
         response_only=True,
@@ -184,7 +190,11 @@ def _example(name: str, result: dict[str, Any], *, status_code: str) -> OpenApiE
                 "outputs_hash": "sha256_60303ae...",
             },
             "result": result,
-            "audit": {"phi_touched": False, "data_written": [], "external_calls": []},
+            "audit": {
+                "phi_touched": False,
+                "data_written": [],
+                "external_calls": external_calls or [],
+            },
         },
     )
 
@@ -199,6 +209,18 @@ RESPONSE_EXAMPLES = [
             "primary_outputs": {**_OUTPUTS, "migration_log_id": "5b1d...-uuid"},
         },
         status_code="200",
+        # The target's ledger, then the attempt to deliver the event to WF11.
+        external_calls=[
+            {"service": "postgresql", "latency_ms": 36},
+            {
+                "service": "wf11",
+                "event_type": "schema_migration_applied",
+                "webhook_id": "msg_6f1c...",
+                "status_code": 204,
+                "delivered": True,
+                "latency_ms": 3,
+            },
+        ],
     ),
     _example(
         "noop",
