@@ -80,7 +80,7 @@ from _common import (
     verdict,
 )
 from http_webhook import WARMUP_PREVIEW, Client, database_url
-from soak import gunicorn, manage
+from soak import create_token, gunicorn
 
 from revos_schema.envvars import environment_without_settings
 from revos_schema.gunicorn_worker import CLIENT_TIMEOUT_ENV
@@ -125,20 +125,6 @@ def server_environment(app: str, target: str, secret: str, **wf11: str) -> dict[
         "WF11_REQUEST_TIMEOUT_S": str(REQUEST_TIMEOUT_S),
     }
     return env | {f"WF11_{key.upper()}": value for key, value in wf11.items()}
-
-
-def create_token(env: dict[str, str]) -> str:
-    """Migrate the app database and create the service account; return its token."""
-    manage(env, "migrate", "--noinput")
-    code = (
-        "from django.contrib.auth.models import Permission, User\n"
-        "from rest_framework.authtoken.models import Token\n"
-        "user = User.objects.create_user('svc-bench-events')\n"
-        "user.user_permissions.add(Permission.objects.get(codename='submit_schema'))\n"
-        "print('TOKEN=' + Token.objects.create(user=user).key)\n"
-    )
-    out = manage(env, "shell", "-c", code)
-    return next(x for x in out.splitlines() if x.startswith("TOKEN=")).removeprefix("TOKEN=")
 
 
 def foundation_version(i: int, run_id: str, tag: str) -> dict[str, Any]:
@@ -380,7 +366,7 @@ def drain_run(count: int, log: Path) -> Drain:
         scratch_database("bench_events_target") as target,
     ):
         env = server_environment(app, target, secret, webhook_url=receiver.url, retry_base_s="0")
-        token = create_token(env)
+        token = create_token(env, "svc-bench-events")
         samples, not_applied, not_attempted = [], 0, 0
         with gunicorn(env, log) as (_, port):
             client = Client(port, token)
@@ -540,7 +526,7 @@ def main() -> None:
     latencies: list[dict[str, Latency]] = []
     drains: list[Drain] = []
     with scratch_database("bench_events_app") as app, tempfile.TemporaryDirectory() as tmp:
-        token = create_token(server_environment(app, app, new_secret()))
+        token = create_token(server_environment(app, app, new_secret()), "svc-bench-events")
         for run in range(args.runs):
             print(f"Run {run + 1} of {args.runs}\n", flush=True)
             latencies.append(latency_run(app, token, args.requests, run, Path(tmp)))

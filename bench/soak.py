@@ -188,13 +188,13 @@ def manage(env: dict[str, str], *args: str) -> str:
     return result.stdout
 
 
-def create_token(env: dict[str, str]) -> str:
+def create_token(env: dict[str, str], username: str = "svc-soak") -> str:
     """Migrate the app database and create the service account; return its token."""
     manage(env, "migrate", "--noinput")
     code = (
         "from django.contrib.auth.models import Permission, User\n"
         "from rest_framework.authtoken.models import Token\n"
-        "user = User.objects.create_user('svc-soak')\n"
+        f"user = User.objects.create_user({username!r})\n"
         "user.user_permissions.add(Permission.objects.get(codename='submit_schema'))\n"
         "print('TOKEN=' + Token.objects.create(user=user).key)\n"
     )
