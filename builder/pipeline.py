@@ -588,7 +588,7 @@ def _finished(
     version = prepared.schema.version
     primary = _applying_outputs(prepared, result.ledger_id, warnings)
     extra: dict[str, Any] = {}
-    applied_at = _iso(result.applied_at)
+    applied_at = iso_utc(result.applied_at)
     if result.plan is not None and result.status in (Status.APPLIED, Status.FAILED):
         primary["plan"] = [op.to_dict() for op in result.plan.operations]
         primary["risk"] = result.plan.report()
@@ -732,10 +732,10 @@ def _event(
     }
     if result is None:
         event["migration_log_id"] = None
-        event["occurred_at"] = _iso(datetime.now(UTC))
+        event["occurred_at"] = iso_utc(datetime.now(UTC))
         return event
     event["migration_log_id"] = result.ledger_id
-    event["occurred_at"] = _iso(result.applied_at or datetime.now(UTC))
+    event["occurred_at"] = iso_utc(result.applied_at or datetime.now(UTC))
     if result.status == Status.FAILED:
         event["error"] = result.error
     else:
@@ -760,7 +760,8 @@ def _raw_version(envelope: Envelope) -> str | None:
     return version if isinstance(version, str) and len(version) <= 64 else None
 
 
-def _iso(value: datetime | None) -> str | None:
+def iso_utc(value: datetime | None) -> str | None:
+    """`value` in ISO 8601, UTC, with a `Z`: the form of every time in answers and events."""
     if value is None:
         return None
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")

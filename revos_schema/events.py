@@ -16,6 +16,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from builder.pipeline import iso_utc
 from builder.request.envelope import WORKFLOW_NAME, parse_envelope
 from revos_schema.models import SchemaEvent, SchemaSubmission
 
@@ -70,11 +71,7 @@ def record(
         "schema_hash": submission.schema_hash,
         "table_count": len(schema.get("tables", [])),
         "migration_log_id": submission.migration_log_id and str(submission.migration_log_id),
-        "occurred_at": _iso(occurred_at or datetime.now(UTC)),
+        "occurred_at": iso_utc(occurred_at or datetime.now(UTC)),
         **extra,
     }
     return SchemaEvent.objects.create(event_type=event_type, submission=submission, payload=payload)
-
-
-def _iso(value: datetime) -> str:
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
